@@ -1,0 +1,210 @@
+"""dcl-dist: train | evaluate | predict | plan | keys.
+
+dcl-dist train --config configs/quickstart.yaml [--phase cl] [key=value ...]
+deepspeed --num_gpus 8 $(which dcl-dist) train --config X    # the same, on 8 ranks
+dcl-dist evaluate --model runs/x/ft/artifact --data test.jsonl
+dcl-dist predict --model runs/x/ft/artifact --input texts.txt --output predictions.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dcl_dist.config import ConfigError, load_config
+
+log = logging.getLogger("dcl_dist")
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _print_summary(metrics: dict) -> None:
+    for split in ("validation", "test"):
+        m = metrics.get(split)
+        if m:
+            print(
+                f"{split}: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+                f"  macro-P {m['macro_precision']:.4f}"
+                f"  macro-R {m['macro_recall']:.4f}  (n={m['n']})"
+            )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dcl_dist import dist
+    from dcl_dist.pipeline import run_variant
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        metrics = run_variant(cfg, args.phase)
+    finally:
+        dist.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        ft_metrics = metrics.get("phases", {}).get("ft", {})
+        if "test" in ft_metrics:
+            print_report(ft_metrics["test"])
+        _print_summary(metrics)
+        print(f"run directory: {cfg.run.dir}  (metrics.json, tb/, {'/'.join(cfg.phases())} artifacts)")
+    return 0
+
+
+def print_report(m: dict) -> None:
+    per_class = m.get("per_class", {})
+    classes = [k for k in per_class if k not in ("accuracy", "macro avg", "weighted avg")]
+    if not classes:
+        return
+    width = max(len(c) for c in classes)
+    print(f"{'class':<{width}}  precision  recall  f1      support")
+    for c in classes:
+        r = per_class[c]
+        print(f"{c:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1-score']:6.4f}  {int(r['support'])}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for c, row in zip(classes, m.get("confusion_matrix", [])):
+        print(f"  {c:<{width}} " + " ".join(f"{v:5d}" for v in row))
+
+
+def _texts_and_labels(path: str, text_field: str, label_field: str | None):
+    from dcl_dist.data.splits import read_rows
+
+    texts, raw, _ = read_rows(path, "input", text_field, [label_field] if label_field else None, "skip")
+    return texts, ([r[0] for r in raw] if raw is not None else None)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dcl_dist.inference import Predictor
+
+    model = Path(args.model) if args.model else Path(args.run) / "ft" / "artifact"
+    predictor = Predictor.load(model)
+    texts, labels = _texts_and_labels(args.data, args.text_field, args.label_field)
+    metrics = predictor.evaluate(texts, [str(x) for x in labels], args.batch_size)
+    print_report(metrics)
+    _print_summary({"test": metrics})
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dcl_dist.inference import Predictor
+
+    predictor = Predictor.load(Path(args.model))
+    texts, _ = _texts_and_labels(args.input, args.text_field, None)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for text, (label, proba) in zip(texts, predictor.predict(texts, args.batch_size)):
+            out.write(json.dumps({"text": text, "label": label, "probabilities": proba}, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from dcl_dist.config import accumulation_steps, check_world, dump_yaml
+
+    cfg = load_config(args.config, args.overrides)
+    print(dump_yaml(cfg))
+    print(f"variant {cfg.run.variant}: phases {' -> '.join(cfg.phases())}")
+    for phase in cfg.phases():
+        p = getattr(cfg, phase)
+        for world in args.world_sizes:
+            problems = check_world(cfg, phase, world)
+            if problems:
+                print(f"  {phase} on {world} ranks: {problems[0]}")
+                continue
+            acc = accumulation_steps(cfg, phase, world)
+            print(
+                f"  {phase} on {world} ranks: micro {p.micro_batch_size_per_rank} x {world} ranks x {acc}"
+                f" accumulation = global batch {p.micro_batch_size_per_rank * world * acc}"
+            )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from dcl_dist.config import schema_keys, type_name
+
+    for key, (hint, default, doc) in schema_keys().items():
+        if args.prefix and not key.startswith(args.prefix):
+            continue
+        print(f"{key}  ({type_name(hint)}, default {default!r})\n    {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcl-dist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a variant (or one phase of it)")
+    train.add_argument("--config", required=True, help="YAML config file")
+    train.add_argument("--phase", choices=["dae", "cl", "ft", "joint"], help="run only this phase of the variant")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cl.lr=1e-5")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a trained classifier on a labelled file")
+    where = evaluate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", help="an artifact folder with a head (a run's ft/artifact)")
+    where.add_argument("--run", help="a run directory (its ft/artifact is used)")
+    evaluate.add_argument("--data", required=True, help="jsonl / csv / tsv / parquet file with texts and labels")
+    evaluate.add_argument("--text-field", default="text")
+    evaluate.add_argument("--label-field", default="label")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--output", help="also write the metrics as JSON here")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="labels and class probabilities for new texts")
+    predict.add_argument("--model", required=True, help="an artifact folder with a head (a run's ft/artifact)")
+    predict.add_argument("--input", required=True, help="jsonl / csv (text field) or .txt (one text per line)")
+    predict.add_argument("--output", help="jsonl to write (default: standard output)")
+    predict.add_argument("--text-field", default="text")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.set_defaults(func=cmd_predict)
+
+    plan = sub.add_parser("plan", help="print the resolved config and each phase's batch arithmetic")
+    plan.add_argument("--config", required=True)
+    plan.add_argument("--world-sizes", type=int, nargs="+", default=[1, 8])
+    plan.add_argument("overrides", nargs="*")
+    plan.set_defaults(func=cmd_plan)
+
+    keys = sub.add_parser("keys", help="every config key with its type, default and meaning")
+    keys.add_argument("prefix", nargs="?", default="", help="only keys starting with this, e.g. cl.")
+    keys.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher appends --local_rank=N; the rank comes from the environment anyway
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    from dcl_dist.data.sources import DataError
+    from dcl_dist.models.artifact import ArtifactError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ArtifactError) as e:
+        print(f"dcl-dist: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

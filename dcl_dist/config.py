@@ -1,0 +1,649 @@
+"""The run configuration: a typed schema, YAML + dotted `key=value` overrides, and validation.
+
+Every field is a dataclass attribute with a one-line docstring under it; `field_docs` reads those
+docstrings, so they double as `dcl-dist keys` help. `load_config` reports every problem at once in
+one ConfigError that names the key, where it was set (file and line, or the command line) and the fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import glob
+import inspect
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "three_phase": ("dae", "cl", "ft"),
+    "joint": ("joint", "ft"),
+    "dae_ft": ("dae", "ft"),
+    "cl_ft": ("cl", "ft"),
+    "ft": ("ft",),
+    "no_imb": ("dae", "cl", "ft"),
+    "extra_imb": ("dae", "cl", "ft"),
+}
+"""Each variant's phases, in order (METHOD.md, "Variants")."""
+
+VARIANT_IMBALANCE = {"no_imb": "none", "extra_imb": "extra"}
+"""Variants that are three_phase with a fixed imbalance preset."""
+
+IMBALANCE_PRESETS: dict[str, tuple[float, float] | None] = {"none": None, "paper": (1.5, 4.0), "extra": (1.5, 20.0)}
+"""(min_ratio, max_ratio) of each imbalance preset; none switches the correction off."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    """Run directory: resolved config, TensorBoard events, checkpoints, artifacts, metrics; re-running it resumes."""
+    seed: int = 13
+    """Seed of every random choice (data order, noise, splits, initialisation)."""
+    variant: Literal["three_phase", "joint", "dae_ft", "cl_ft", "ft", "no_imb", "extra_imb"] = "three_phase"
+    """Which phases run: three_phase (dae, cl, ft), joint (joint, ft), dae_ft, cl_ft, ft, no_imb, extra_imb."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """Base encoder: a Hugging Face hub name or a local folder (BERT, RoBERTa, MiniLM, ...)."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """How token vectors become the sentence vector: mean over real tokens, or the first token."""
+    bottleneck: bool = True
+    """Phase 1 adds a Dense(hidden, hidden, tanh) bottleneck after pooling (METHOD.md Fig. 1a)."""
+    max_length: int | Literal["auto"] = "auto"
+    """Tokens kept per text (longer texts are truncated and counted); auto: the model's limit, at most 512."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel: sdpa (fused, fastest) or eager (reference)."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training split: a jsonl / csv / tsv / parquet file (or .gz), a glob of them, or a hub name[:config][@split]."""
+    validation: str | None = None
+    """Validation split (same forms; a hub name reads split validation unless @split says so); null: from train."""
+    test: str | None = None
+    """Test split (same forms; a hub name reads split test), evaluated once at the end of phase ft; null: none."""
+    text_field: str = "text"
+    """Field (column) that holds the text."""
+    label_field: str = "label"
+    """Field (column) that holds the class label (strings or integers)."""
+    hierarchy_fields: list[str] = field(default_factory=list)
+    """Coarser label fields for hierarchical contrastive targets, finest first after label_field (METHOD.md eq. 3)."""
+    unlabelled: list[str] = field(default_factory=list)
+    """Extra unlabelled text for phase 1 (files, globs or hub names); only text_field is read."""
+    validation_fraction: float = 0.2
+    """Share of train held out (stratified) as validation when there is no validation split."""
+    max_train_examples: int | None = None
+    """Use a stratified, seeded subset of this many training examples (quick runs, benchmarks); null: all."""
+    empty_text: Literal["skip", "error"] = "skip"
+    """Empty or whitespace-only texts: skip them (and count them in the log) or stop with an error."""
+    streaming: bool = False
+    """Read splits as streams instead of loading them in memory (corpora larger than memory)."""
+    num_workers: int | None = None
+    """DataLoader worker processes that tokenise ahead of the model; null: 2 on a GPU, 0 on a CPU."""
+
+
+@dataclass
+class PhaseConfig:
+    """Optimisation settings that every phase has."""
+
+    epochs: int = 1
+    """Passes over the phase's training data."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (caps epochs); null: no cap."""
+    micro_batch_size_per_rank: int = 16
+    """Examples (or pairs) one rank puts through the model per forward pass."""
+    global_batch_size: int | None = None
+    """Examples per optimiser step over all ranks; must be micro_batch_size_per_rank x world size x k."""
+    lr: float = 3.0e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    warmup_ratio: float = 0.1
+    """Share of the phase's steps spent warming the learning rate up linearly from 0, then linear decay to 0."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this value; 0 switches clipping off."""
+    eval_every_steps: int | None = None
+    """Evaluate on validation every this many steps; null: at the end of every epoch."""
+    log_every_steps: int = 10
+    """Write loss, learning rate, grad norm and samples/s to TensorBoard every this many steps."""
+
+
+@dataclass
+class DaeConfig(PhaseConfig):
+    lr: float = 3.0e-5
+    """Peak learning rate (AdamW)."""
+    deletion_ratio: float = 0.6
+    """Probability of deleting each word of the input (TSDAE noise); at least one word is always kept."""
+    tie_decoder: bool = True
+    """Share the decoder's body with the encoder (TSDAE); false: an independent decoder copy."""
+
+
+@dataclass
+class ClConfig(PhaseConfig):
+    lr: float = 3.0e-5
+    """Peak learning rate (AdamW)."""
+    mode: Literal["in_batch", "pair"] = "in_batch"
+    """in_batch: every pair of the all-gathered global micro-batch; pair: the paper's shuffled pairs."""
+    loss: Literal["cosine_mse", "supcon"] = "cosine_mse"
+    """cosine_mse: the paper's (t - cos(u, v))^2 (eq. 3); supcon: supervised contrastive (in_batch mode only)."""
+    temperature: float = 0.1
+    """SupCon temperature (loss: supcon only)."""
+    level_weights: list[float] | None = None
+    """Weight of each label level in the target t (label_field first, then hierarchy_fields); null: 1/levels each."""
+    imbalance: Literal["none", "paper", "extra"] = "paper"
+    """Imbalance correction preset: none, paper (min 1.5, max 4) or extra (min 1.5, max 20)."""
+    min_ratio: float | None = None
+    """Classes whose oversampling ratio f(n) is below this are left as they are; null: the preset's value."""
+    max_ratio: float | None = None
+    """Oversampling ratio of a class of one example (f(1)); null: the preset's value."""
+    copy_stopword_deletion: float = 0.5
+    """Probability of deleting each stop word of an extra copy (the originals are never noised)."""
+    copy_min_words: int = 6
+    """Extra copies with fewer words than this are left un-noised."""
+    batching: Literal["random", "class_aware"] = "random"
+    """in_batch mode: random batches, or class_aware (examples come in same-class groups, so each has a positive)."""
+    examples_per_class: int = 2
+    """Group size of class_aware batching."""
+
+
+@dataclass
+class FtConfig(PhaseConfig):
+    epochs: int = 20
+    """Most passes over train; early stopping on validation usually ends the phase sooner."""
+    lr: float = 2.0e-5
+    """Peak learning rate (AdamW)."""
+    patience: int = 3
+    """Stop after this many evaluations without a better validation select_metric."""
+    select_metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    """Validation metric for model selection and early stopping."""
+    head_hidden: int = 256
+    """Width of the classification head's hidden layer."""
+    dropout: float = 0.1
+    """Dropout before each of the head's two linear layers."""
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    """The head's hidden activation."""
+    freeze_encoder: bool = False
+    """Train the head only; the encoder and its dense layers stay as they are."""
+
+
+@dataclass
+class JointConfig(PhaseConfig):
+    lr: float = 3.0e-5
+    """Peak learning rate (AdamW)."""
+    dae_weight: float = 1.0
+    """Weight of L_DAE in L_DAE + L_CL (eq. 10); noise comes from dae.deletion_ratio."""
+    cl_weight: float = 1.0
+    """Weight of L_CL in L_DAE + L_CL (eq. 10); loss, mode and imbalance come from the cl section."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    """ZeRO stage: 0 (plain data parallel), 1 (optimiser states), 2 (+ gradients), 3 (+ parameters) partitioned."""
+    offload: Literal["none", "optimizer", "optimizer_and_params"] = "none"
+    """Offload to CPU memory: nothing, optimiser states (ZeRO 1-3), or also parameters (ZeRO 3)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU."""
+    config_file: str | None = None
+    """A DeepSpeed JSON to use instead of the shipped configs/deepspeed/zero<stage>.json ("auto" values filled)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    """Write a resumable checkpoint every this many optimiser steps (and at the end of each phase)."""
+    keep_last: int = 2
+    """Checkpoints kept per phase; older ones are deleted once a newer one is complete."""
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    """Write TensorBoard events under <run.dir>/tb."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    """Where the run lives, its seed and its variant."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base encoder."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the data comes from and how to read it."""
+    dae: DaeConfig = field(default_factory=DaeConfig)
+    """Phase 1: denoising autoencoder."""
+    cl: ClConfig = field(default_factory=ClConfig)
+    """Phase 2: contrastive learning with imbalance correction."""
+    ft: FtConfig = field(default_factory=FtConfig)
+    """Phase 3: classifier fine-tuning."""
+    joint: JointConfig = field(default_factory=JointConfig)
+    """Joint variant: L_DAE + L_CL in one phase."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """DeepSpeed ZeRO, offload and precision."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Resumable checkpoints."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """TensorBoard and progress bar."""
+
+    def phases(self) -> tuple[str, ...]:
+        """The variant's phases, in order."""
+        return VARIANTS[self.run.variant]
+
+    def imbalance_ratios(self) -> tuple[float, float] | None:
+        """(min_ratio, max_ratio) in force for phase cl (the preset, overridden field by field), or None for none."""
+        preset = IMBALANCE_PRESETS[self.cl.imbalance]
+        if preset is None:
+            return None
+        return (
+            self.cl.min_ratio if self.cl.min_ratio is not None else preset[0],
+            self.cl.max_ratio if self.cl.max_ratio is not None else preset[1],
+        )
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems, each naming the key, where it was set and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        super().__init__(f"invalid configuration ({head}):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Schema introspection
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each attribute of a dataclass (and of its bases)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(inspect.getsource(klass))
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> dict[str, tuple[Any, Any, str]]:
+    """Every dotted leaf key -> (type, default, doc)."""
+    out: dict[str, tuple[Any, Any, str]] = {}
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            out.update(schema_keys(hint, key + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[key] = (hint, default, docs.get(f.name, ""))
+    return out
+
+
+def type_name(hint: Any) -> str:
+    """A short human name for a type hint: int, float or null, one of mean|cls, list of str."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + "|".join(str(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return "list of " + type_name(typing.get_args(hint)[0])
+    return getattr(hint, "__name__", str(hint))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading YAML with line numbers, and overrides
+
+
+class _Located(dict):
+    """A YAML mapping that remembers the line of each key (1-based)."""
+
+    lines: dict[str, int]
+
+
+def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = _Located()
+        out.lines = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            out[key] = _construct(value_node, loader)
+            out.lines[str(key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(n, loader) for n in node.value]
+    return loader.construct_object(node, deep=True)
+
+
+def read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
+    """A YAML file as a nested dict, plus where each dotted key was set ("file:line")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist: check the path given to --config"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): save the file as UTF-8"]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = _construct(node, loader) if node is not None else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: not valid YAML ({getattr(e, 'problem', e)}): fix the syntax there"]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections (run:, model:, data:, ...)"])
+    where: dict[str, str] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            key = prefix + str(k)
+            where[key] = f"{path}:{getattr(d, 'lines', {}).get(str(k), '?')}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+
+    walk(data, "")
+    return data, where
+
+
+def apply_overrides(data: dict, where: dict[str, str], overrides: list[str]) -> list[str]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) in place; returns the malformed ones as problems."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"command line: '{item}' is not key=value: write it like cl.lr=1e-5")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+        where[key] = "command line"
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the typed config
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, value converted to hint). ints are accepted as floats; nothing else is converted."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True, value
+    if origin is Literal:
+        return value in typing.get_args(hint) and not isinstance(value, bool), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                if value is None:
+                    return True, None
+                continue
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                value = [value]  # a single value where a list is expected: a list of one
+            else:
+                return False, value
+        (inner,) = typing.get_args(hint)
+        out = []
+        for v in value:
+            ok, c = _coerce(v, inner)
+            if not ok:
+                return False, value
+            out.append(c)
+        return True, out
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return isinstance(value, hint), value
+
+
+def _build(cls: type, data: dict, prefix: str, where: dict[str, str], problems: list[str], failed: set[str]) -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        loc = where.get(dotted, "?")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(names)}"
+            what = "section" if not prefix else "key"
+            problems.append(f"{loc}: unknown {what} '{dotted}': {hint}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                problems.append(f"{loc}: '{dotted}' is a section: give it a mapping of keys, not {value!r}")
+                continue
+            kwargs[key] = _build(hint, value, dotted + ".", where, problems, failed)
+            continue
+        ok, converted = _coerce(value, hint)
+        if not ok:
+            suggestion = ""
+            if typing.get_origin(hint) is Literal and isinstance(value, str):
+                close = difflib.get_close_matches(value, [str(a) for a in typing.get_args(hint)], n=1, cutoff=0.5)
+                suggestion = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(f"{loc}: '{dotted}' must be {type_name(hint)}, got {value!r}{suggestion}")
+            failed.add(dotted)
+            continue
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: Config, where: dict[str, str], failed: set[str]) -> list[str]:
+    """Value checks that the types cannot express, each as 'where: key: problem: fix'; keys in failed are skipped."""
+    problems: list[str] = []
+
+    def bad(key: str, message: str) -> None:
+        if key not in failed:
+            problems.append(f"{where.get(key, 'default')}: '{key}' {message}")
+
+    if not cfg.data.train:
+        bad("data.train", "is empty: set it to a jsonl/csv/parquet file or a hub dataset name")
+    for key in ("data.train", "data.validation", "data.test"):
+        source = getattr(cfg.data, key.split(".")[1])
+        if source and looks_like_path(source) and not glob.glob(os.path.expanduser(source)):
+            bad(key, f"{source} does not exist (looked from {os.getcwd()}): fix the path")
+    for source in cfg.data.unlabelled:
+        if looks_like_path(source) and not glob.glob(os.path.expanduser(source)):
+            bad("data.unlabelled", f"entry {source} does not exist (looked from {os.getcwd()}): fix the path")
+    name = cfg.model.name_or_path
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        bad("model.name_or_path", f"{name} is not a folder: fix the path, or give a hub name such as bert-base-uncased")
+    if not 0.0 <= cfg.dae.deletion_ratio < 1.0:
+        bad("dae.deletion_ratio", f"is {cfg.dae.deletion_ratio}: it must be in [0, 1) (the paper's best: 0.3-0.7)")
+    if not 0.0 < cfg.data.validation_fraction < 1.0:
+        bad("data.validation_fraction", f"is {cfg.data.validation_fraction}: it must be in (0, 1), e.g. 0.2")
+    if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
+        bad("data.num_workers", "must be >= 0, or null for the default")
+    if cfg.data.max_train_examples is not None and cfg.data.max_train_examples < 2:
+        bad("data.max_train_examples", "must be at least 2, or null for all")
+    if isinstance(cfg.model.max_length, int) and not 2 <= cfg.model.max_length <= 8192:
+        bad("model.max_length", f"is {cfg.model.max_length}: use 2..8192 or auto")
+    for name in ("dae", "cl", "ft", "joint"):
+        phase: PhaseConfig = getattr(cfg, name)
+        if phase.lr <= 0:
+            bad(f"{name}.lr", f"is {phase.lr}: a learning rate must be > 0, e.g. 3e-5")
+        if phase.epochs < 1:
+            bad(f"{name}.epochs", f"is {phase.epochs}: it must be at least 1")
+        if phase.max_steps is not None and phase.max_steps < 1:
+            bad(f"{name}.max_steps", "must be at least 1, or null for no cap")
+        if phase.micro_batch_size_per_rank < 1:
+            bad(f"{name}.micro_batch_size_per_rank", "must be at least 1")
+        if phase.global_batch_size is not None and phase.global_batch_size < phase.micro_batch_size_per_rank:
+            bad(f"{name}.global_batch_size", "must be at least micro_batch_size_per_rank, or null")
+        if phase.weight_decay < 0:
+            bad(f"{name}.weight_decay", "must be >= 0")
+        if not 0.0 <= phase.warmup_ratio < 1.0:
+            bad(f"{name}.warmup_ratio", f"is {phase.warmup_ratio}: it must be in [0, 1)")
+        if phase.max_grad_norm < 0:
+            bad(f"{name}.max_grad_norm", "must be >= 0 (0 switches clipping off)")
+        if phase.eval_every_steps is not None and phase.eval_every_steps < 1:
+            bad(f"{name}.eval_every_steps", "must be at least 1, or null for every epoch")
+        if phase.log_every_steps < 1:
+            bad(f"{name}.log_every_steps", "must be at least 1")
+    ratios = cfg.imbalance_ratios()
+    for key in ("min_ratio", "max_ratio"):
+        value = getattr(cfg.cl, key)
+        if value is not None and value < 1.0:
+            bad(f"cl.{key}", f"is {value}: an oversampling ratio must be >= 1")
+    if ratios is not None and ratios[0] > ratios[1]:
+        bad("cl.min_ratio", f"({ratios[0]}) is above cl.max_ratio ({ratios[1]}): lower min_ratio or raise max_ratio")
+    if cfg.cl.temperature <= 0:
+        bad("cl.temperature", "must be > 0, e.g. 0.1")
+    if not 0.0 <= cfg.cl.copy_stopword_deletion <= 1.0:
+        bad("cl.copy_stopword_deletion", "must be in [0, 1]")
+    if cfg.cl.copy_min_words < 1:
+        bad("cl.copy_min_words", "must be at least 1")
+    if cfg.cl.examples_per_class < 2:
+        bad("cl.examples_per_class", "must be at least 2 (a group needs a positive pair)")
+    if cfg.cl.loss == "supcon" and cfg.cl.mode == "pair":
+        bad("cl.loss", "supcon needs cl.mode: in_batch (it compares each example with the whole batch)")
+    levels = 1 + len(cfg.data.hierarchy_fields)
+    if cfg.cl.level_weights is not None:
+        if len(cfg.cl.level_weights) != levels:
+            bad("cl.level_weights", f"has {len(cfg.cl.level_weights)} weights for {levels} label levels: give {levels}")
+        elif any(w < 0 for w in cfg.cl.level_weights) or sum(cfg.cl.level_weights) <= 0:
+            bad("cl.level_weights", "must be >= 0 with a positive sum")
+    if cfg.ft.patience < 1:
+        bad("ft.patience", "must be at least 1")
+    if cfg.ft.head_hidden < 1:
+        bad("ft.head_hidden", "must be at least 1")
+    if not 0.0 <= cfg.ft.dropout < 1.0:
+        bad("ft.dropout", "must be in [0, 1)")
+    if cfg.joint.dae_weight < 0 or cfg.joint.cl_weight < 0 or cfg.joint.dae_weight + cfg.joint.cl_weight == 0:
+        bad("joint.dae_weight", "and joint.cl_weight must be >= 0 with a positive sum")
+    if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
+        bad("deepspeed.zero_stage", f"is {cfg.deepspeed.zero_stage}: use 0, 1, 2 or 3")
+    if cfg.deepspeed.offload != "none" and cfg.deepspeed.zero_stage == 0:
+        bad("deepspeed.offload", "needs deepspeed.zero_stage 1, 2 or 3")
+    if cfg.deepspeed.offload == "optimizer_and_params" and cfg.deepspeed.zero_stage != 3:
+        bad("deepspeed.offload", "optimizer_and_params needs deepspeed.zero_stage: 3")
+    if cfg.deepspeed.config_file is not None and not Path(cfg.deepspeed.config_file).is_file():
+        bad("deepspeed.config_file", f"{cfg.deepspeed.config_file} does not exist: fix the path or set it to null")
+    if cfg.checkpoint.every_steps < 1:
+        bad("checkpoint.every_steps", "must be at least 1")
+    if cfg.checkpoint.keep_last < 1:
+        bad("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume needs)")
+    variant_imbalance = VARIANT_IMBALANCE.get(cfg.run.variant)
+    if variant_imbalance and "cl.imbalance" in where and cfg.cl.imbalance != variant_imbalance:
+        bad(
+            "cl.imbalance",
+            f"is {cfg.cl.imbalance} but run.variant {cfg.run.variant} means imbalance {variant_imbalance}:"
+            " remove cl.imbalance or use run.variant: three_phase",
+        )
+    return problems
+
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".txt")
+"""Endings that make a data source a local file rather than a hub dataset name."""
+
+
+def looks_like_path(source: str) -> bool:
+    """True for local files and globs (by ending or a leading ./ / ~), False for hub dataset names."""
+    return (
+        source.startswith((".", "/", "~")) or any(c in source for c in "*?[") or source.lower().endswith(FILE_SUFFIXES)
+    )
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or none: defaults only), apply `key=value` overrides, validate everything at once."""
+    data, where = read_yaml(Path(path)) if path is not None else ({}, {})
+    problems = apply_overrides(data, where, list(overrides or []))
+    failed: set[str] = set()
+    cfg = _build(Config, data, "", where, problems, failed)
+    problems += _check_ranges(cfg, where, failed)
+    if problems:
+        raise ConfigError(problems)
+    if cfg.run.variant in VARIANT_IMBALANCE:
+        cfg.cl.imbalance = VARIANT_IMBALANCE[cfg.run.variant]
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts (for YAML, JSON and fingerprints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML that load_config reads back to an equal Config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def check_world(cfg: Config, phase: str, world_size: int) -> list[str]:
+    """Problems with a phase's batch sizes at this world size (known only once the launcher has started)."""
+    p: PhaseConfig = getattr(cfg, phase)
+    per_step = p.micro_batch_size_per_rank * world_size
+    if p.global_batch_size is not None and p.global_batch_size % per_step:
+        lower = max(per_step, p.global_batch_size // per_step * per_step)
+        return [
+            f"'{phase}.global_batch_size' ({p.global_batch_size}) is not divisible by micro_batch_size_per_rank"
+            f" ({p.micro_batch_size_per_rank}) x world size ({world_size}) = {per_step}:"
+            f" use {lower} or {lower + per_step}, or change micro_batch_size_per_rank"
+        ]
+    return []
+
+
+def accumulation_steps(cfg: Config, phase: str, world_size: int) -> int:
+    """Gradient accumulation steps of a phase: global batch / (micro batch x world size)."""
+    p: PhaseConfig = getattr(cfg, phase)
+    if p.global_batch_size is None:
+        return 1
+    return max(1, p.global_batch_size // (p.micro_batch_size_per_rank * world_size))

@@ -1,0 +1,95 @@
+"""The imbalance correction of section 3.2.1 (METHOD.md) and the pair construction of phase cl's pair mode."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+def oversampling_factor(n: int, largest: int, max_ratio: float) -> float:
+    """f(n) = ln(M / n) * max_ratio / ln(M): max_ratio for one example, 1 at n = M^((max_ratio - 1) / max_ratio)."""
+    return math.log(largest / n) * max_ratio / math.log(largest)
+
+
+def class_ratios(counts: list[int], min_ratio: float, max_ratio: float) -> list[float]:
+    """Oversampling ratio per class: f(n_k) where f(n_k) >= min_ratio, else 1 (our reading of eq. 5).
+
+    No correction (all 1) with fewer than two non-empty classes or when the largest class has one example.
+    """
+    present = [n for n in counts if n > 0]
+    largest = max(present, default=0)
+    if len(present) < 2 or largest <= 1:
+        return [1.0] * len(counts)
+    ratios = []
+    for n in counts:
+        f = oversampling_factor(n, largest, max_ratio) if n > 0 else 1.0
+        ratios.append(f if f >= min_ratio else 1.0)
+    return ratios
+
+
+def corrected_sizes(counts: list[int], ratios: list[float]) -> list[int]:
+    """new_n_k = round(ratio_k * n_k)."""
+    return [round(r * n) for n, r in zip(counts, ratios)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One element of the corrected set: an example (by index) and which copy of it; copy 0 is the original."""
+
+    index: int
+    copy: int
+
+
+def corrected_entries(labels: list[int], ratios: list[float], seed: int) -> list[Entry]:
+    """The originals plus round(ratio_k * n_k) - n_k extra copies per class, spread evenly over the class.
+
+    Extra copy j of a class goes to its (j mod n_k)-th member in a seeded order, so every member gets
+    floor or ceil of (ratio_k - 1) copies.
+    """
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    entries = [Entry(i, 0) for i in range(len(labels))]
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        members = by_class[label][:]
+        extra = round(ratios[label] * len(members)) - len(members)
+        rng.shuffle(members)
+        entries += [Entry(members[j % len(members)], 1 + j // len(members)) for j in range(extra)]
+    return entries
+
+
+def make_pairs(sources: list[int], rng: random.Random, max_tries: int = 64) -> list[tuple[int, int]]:
+    """Pairs (a, b) of positions 0..N-1 from two shuffled copies: no self-pair, no repeated unordered pair.
+
+    `sources[i]` names the example position i came from: positions of the same example (an original and its
+    copies) are never paired either. A pair that cannot be mended in max_tries swaps is dropped (tiny sets only).
+    """
+    n = len(sources)
+    first = list(range(n))
+    second = list(range(n))
+    rng.shuffle(first)
+    rng.shuffle(second)
+    seen: set[tuple[int, int]] = set()
+    pairs = []
+
+    def ok(a: int, b: int) -> bool:
+        return sources[a] != sources[b] and (min(a, b), max(a, b)) not in seen
+
+    for i in range(n):
+        a = first[i]
+        if not ok(a, second[i]):
+            # swap in a partner from the positions not yet used (any position once none is left)
+            for _ in range(max_tries):
+                j = rng.randrange(i + 1, n) if i + 1 < n else rng.randrange(n)
+                if ok(a, second[j]):
+                    second[i], second[j] = second[j], second[i]
+                    break
+            else:
+                continue
+        b = second[i]
+        seen.add((min(a, b), max(a, b)))
+        pairs.append((a, b))
+    return pairs

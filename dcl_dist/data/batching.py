@@ -1,0 +1,254 @@
+"""From items to tensors: each epoch's order, every rank's micro-batches, tokenisation with dynamic padding,
+and one collator per kind of batch (ft, dae, cl in-batch, cl pairs, joint).
+
+The order of an epoch is a function of (seed, epoch) alone, and it is cut into global batches before it is
+split over ranks: a run resumed at step s, on any number of ranks with the same global batch, sees exactly
+the examples the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dcl_dist.data.balance import Entry
+from dcl_dist.data.noise import delete_stop_words, delete_words, keyed_rng
+
+NOISE_DAE = 1
+NOISE_COPY = 2
+"""Namespaces of keyed_rng, so that the two noises never draw the same numbers."""
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A permutation of range(n) that depends only on (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+
+
+def class_aware_order(labels: list[int], group: int, seed: int, epoch: int) -> list[int]:
+    """A permutation in which examples come in same-class groups of `group` (the last of a class may be shorter).
+
+    Groups are shuffled, so a batch holds a random mix of classes in which most examples have a positive.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    groups = []
+    for label in sorted(by_class):
+        members = by_class[label][:]
+        rng.shuffle(members)
+        groups += [members[i : i + group] for i in range(0, len(members), group)]
+    rng.shuffle(groups)
+    return [i for g in groups for i in g]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How an epoch's items become optimiser steps: global batch = micro x world x accumulation."""
+
+    micro: int
+    world: int
+    accumulation: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro * self.world * self.accumulation
+
+    def steps(self, n_items: int) -> int:
+        """Optimiser steps per epoch; the last global batch is filled up from the epoch's start."""
+        return math.ceil(n_items / self.global_batch)
+
+    def micro_batches(
+        self, order: list[int], rank: int, start_step: int = 0, steps: int | None = None
+    ) -> Iterator[list[int]]:
+        """This rank's micro-batches of the epoch from `start_step` on, accumulation steps in order.
+
+        `steps` fixes the epoch's length (default: enough to cover the order once).
+        """
+        n, size = len(order), self.global_batch
+        for step in range(start_step, self.steps(n) if steps is None else steps):
+            chunk = [order[i % n] for i in range(step * size, (step + 1) * size)]
+            for a in range(self.accumulation):
+                start = (a * self.world + rank) * self.micro
+                yield chunk[start : start + self.micro]
+
+
+def even_shard(n: int, rank: int, world: int) -> tuple[list[int], int]:
+    """Evaluation shard: (indices, how many are real); every rank gets the same count, the short ones repeat an index.
+
+    ZeRO-3 gathers parameters collectively, so every rank must run the same number of forward passes.
+    """
+    mine = list(range(rank, n, world))
+    per_rank = math.ceil(n / world) if n else 0
+    real = len(mine)
+    while len(mine) < per_rank:
+        mine.append(mine[-1] if mine else 0)
+    return mine, real
+
+
+class Tokenize:
+    """Texts -> padded tensors (padding to the longest text of the batch); counts truncated texts."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.truncated = 0
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt")
+        if getattr(enc, "encodings", None):
+            self.truncated += sum(1 for e in enc.encodings if e.overflowing)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _prefixed(prefix: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v for k, v in batch.items()}
+
+
+@dataclass
+class TextSource:
+    """What the collators read: the texts, their label levels and their stable ids."""
+
+    texts: list[str]
+    levels: list[tuple[int, ...]] | None
+    ids: list[int]
+
+
+@dataclass
+class Noise:
+    seed: int
+    deletion_ratio: float = 0.6
+    copy_stopword_deletion: float = 0.5
+    copy_min_words: int = 6
+
+    def dae(self, text: str, sample_id: int, epoch: int, copy: int = 0) -> str:
+        """TSDAE deletion noise, new each epoch; an extra copy (copy > 0) is corrupted differently from its original."""
+        rng = keyed_rng(self.seed, NOISE_DAE, sample_id, copy, epoch)
+        return delete_words(text, self.deletion_ratio, rng)
+
+    def copy(self, text: str, sample_id: int, copy: int, epoch: int) -> str:
+        """An extra copy's text (stop-word deletion); the original (copy 0) is returned untouched."""
+        if copy == 0:
+            return text
+        rng = keyed_rng(self.seed, NOISE_COPY, sample_id, copy, epoch)
+        return delete_stop_words(text, self.copy_stopword_deletion, self.copy_min_words, rng)
+
+
+def dae_targets(tokenize: Tokenize, clean: list[str]) -> dict[str, torch.Tensor]:
+    """Decoder inputs and labels for reconstructing `clean`: inputs are tokens[:-1], labels tokens[1:], pad -> -100."""
+    target = tokenize(clean)
+    ids, mask = target["input_ids"], target["attention_mask"]
+    labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    return {"decoder_input_ids": ids[:, :-1], "decoder_attention_mask": mask[:, :-1], "decoder_labels": labels}
+
+
+class FtCollate:
+    """Classification batches: texts and class ids."""
+
+    def __init__(self, tokenize: Tokenize, source: TextSource):
+        self.tokenize, self.source = tokenize, source
+
+    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        batch = self.tokenize([self.source.texts[i] for i in items])
+        if self.source.levels is not None:
+            batch["labels"] = torch.tensor([self.source.levels[i][0] for i in items])
+        return batch
+
+
+class DaeCollate:
+    """Denoising batches: the noisy text for the encoder, the clean text for the decoder."""
+
+    def __init__(self, tokenize: Tokenize, source: TextSource, noise: Noise, epoch: int):
+        self.tokenize, self.source, self.noise, self.epoch = tokenize, source, noise, epoch
+
+    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        clean = [self.source.texts[i] for i in items]
+        noisy = [self.noise.dae(t, self.source.ids[i], self.epoch) for t, i in zip(clean, items)]
+        return {**self.tokenize(noisy), **dae_targets(self.tokenize, clean)}
+
+
+class ClCollate:
+    """In-batch contrastive batches over the corrected set: texts (extra copies lightly noised) and label levels.
+
+    With `with_dae`, also the denoising inputs of the same texts (the joint phase).
+    """
+
+    def __init__(
+        self,
+        tokenize: Tokenize,
+        source: TextSource,
+        entries: list[Entry],
+        noise: Noise,
+        epoch: int,
+        with_dae: bool = False,
+    ):
+        self.tokenize, self.source, self.entries, self.noise, self.epoch = tokenize, source, entries, noise, epoch
+        self.with_dae = with_dae
+
+    def texts(self, items: list[int]) -> list[str]:
+        out = []
+        for item in items:
+            e = self.entries[item]
+            out.append(self.noise.copy(self.source.texts[e.index], self.source.ids[e.index], e.copy, self.epoch))
+        return out
+
+    def levels(self, items: list[int]) -> torch.Tensor:
+        return torch.tensor([self.source.levels[self.entries[i].index] for i in items])
+
+    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        texts = self.texts(items)
+        batch = {**self.tokenize(texts), "levels": self.levels(items)}
+        if self.with_dae:
+            batch.update(self.dae_part(items, texts))
+        return batch
+
+    def dae_part(self, items: list[int], clean: list[str]) -> dict[str, torch.Tensor]:
+        entries = [self.entries[i] for i in items]
+        noisy = [self.noise.dae(t, self.source.ids[e.index], self.epoch, e.copy) for t, e in zip(clean, entries)]
+        return {**_prefixed("dae_", self.tokenize(noisy)), **dae_targets(self.tokenize, clean)}
+
+
+class PairCollate:
+    """The paper's pair batches: rows 0..B-1 are the pairs' first texts, rows B..2B-1 their partners."""
+
+    def __init__(self, inner: ClCollate, pairs: list[tuple[int, int]]):
+        self.inner, self.pairs = inner, pairs
+
+    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        a = [self.pairs[i][0] for i in items]
+        b = [self.pairs[i][1] for i in items]
+        a_texts = self.inner.texts(a)
+        # one padded tensor of 2 x batch rows (the a texts, then the b texts): one forward pass embeds both
+        batch = {**self.inner.tokenize(a_texts + self.inner.texts(b)), "levels": self.inner.levels(a + b)}
+        if self.inner.with_dae:
+            batch.update(self.inner.dae_part(a, a_texts))
+        return batch
+
+
+class _Items(torch.utils.data.Dataset):
+    """A dataset whose item i is i: the collators look the texts up themselves."""
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def __len__(self) -> int:  # never consulted: batches come from the batch sampler
+        return 0
+
+
+def make_loader(batches: Iterable[list[int]], collate: Callable, num_workers: int) -> DataLoader:
+    """A DataLoader over precomputed micro-batches of item indices."""
+    return DataLoader(
+        _Items(),
+        batch_sampler=list(batches),
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

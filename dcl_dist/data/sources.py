@@ -1,0 +1,193 @@
+"""Reading splits: local jsonl / csv / tsv / parquet files (plain or .gz, or globs) and Hugging Face hub datasets.
+
+Local files are read with our own readers, so that every bad line is reported with its file and line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dcl_dist.config import looks_like_path
+
+
+class DataError(ValueError):
+    """A problem with the data a user gave: names the file (and line) or the split, and the fix."""
+
+
+@dataclass
+class Record:
+    """One row: where it came from (for messages) and its fields."""
+
+    where: str
+    fields: dict[str, Any]
+
+
+@dataclass
+class SkipCounts:
+    """Rows left out while reading a split, by reason (reported in the log)."""
+
+    empty_text: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+def expand_paths(source: str) -> list[Path]:
+    """The files a local source names (a glob is sorted); a DataError if there are none."""
+    pattern = os.path.expanduser(source)
+    paths = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else [Path(pattern)]
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        shown = missing[0] if missing else pattern
+        raise DataError(f"{shown}: no such file (looked from {os.getcwd()}): fix the path in the config")
+    return paths
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    # strict decoding, newline='' so csv sees embedded newlines; errors are turned into file:line messages
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+
+
+def _format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix, fmt in (
+        (".jsonl", "jsonl"),
+        (".json", "jsonl"),
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".parquet", "parquet"),
+        (".txt", "txt"),
+    ):
+        if name.endswith(suffix):
+            return fmt
+    raise DataError(f"{path}: unknown file type: use .jsonl, .csv, .tsv, .parquet or .txt (optionally .gz)")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a text file, with a file:line error for bytes that are not UTF-8."""
+    with _open_text(path) as f:
+        number = 0
+        while True:
+            number += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}:{number}: bytes that are not UTF-8 ({e.reason}): re-encode the file as UTF-8,"
+                    " e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            if not line:
+                return
+            yield number, line
+
+
+def read_jsonl(path: Path) -> Iterator[Record]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno}): fix or remove that line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f'{path}:{number}: each line must be a JSON object like {{"text": ..., "label": ...}}')
+        yield Record(f"{path}:{number}", obj)
+
+
+def read_txt(path: Path, text_field: str) -> Iterator[Record]:
+    """Plain text, one example per line (unlabelled corpora and predict input)."""
+    for number, line in _lines(path):
+        if line.strip():
+            yield Record(f"{path}:{number}", {text_field: line.rstrip("\r\n")})
+
+
+def read_csv(path: Path, delimiter: str) -> Iterator[Record]:
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}:{reader.line_num}: {len(row)} columns where the header has {len(header)}:"
+                        " quote fields that contain the delimiter"
+                    )
+                yield Record(f"{path}:{reader.line_num}", dict(zip(header, row)))
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e}): fix the quoting on that line") from None
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}:{reader.line_num + 1}: bytes that are not UTF-8 ({e.reason}): re-encode the file as UTF-8"
+            ) from None
+
+
+def read_parquet(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        raise DataError(f"{path}: cannot read as parquet ({e}): check that the file is complete") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield Record(f"{path}:row {i}", row)
+
+
+def read_file(path: Path, text_field: str = "text") -> Iterator[Record]:
+    fmt = _format(path)
+    if fmt == "jsonl":
+        return read_jsonl(path)
+    if fmt in ("csv", "tsv"):
+        return read_csv(path, "," if fmt == "csv" else "\t")
+    if fmt == "txt":
+        return read_txt(path, text_field)
+    return read_parquet(path)
+
+
+def parse_hub_name(source: str, default_split: str) -> tuple[str, str | None, str]:
+    """'name[:config][@split]' -> (name, config, split)."""
+    name, _, split = source.partition("@")
+    name, _, config = name.partition(":")
+    return name, config or None, split or default_split
+
+
+def read_hub(source: str, default_split: str, streaming: bool = False) -> Iterator[Record]:
+    import datasets
+
+    name, config, split = parse_hub_name(source, default_split)
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as e:  # the hub client raises many types: network, missing split, missing config
+        raise DataError(
+            f"hub dataset '{source}' (split {split}): {type(e).__name__}: {e}. Check the name, the config after ':'"
+            " and the split after '@'; offline, use a local file instead"
+        ) from None
+    # ClassLabel columns hold ids: give the class names instead, as a local file would
+    class_names = {k: f.names for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
+    for i, row in enumerate(ds):
+        for column, names in class_names.items():
+            if isinstance(row.get(column), int) and 0 <= row[column] < len(names):
+                row[column] = names[row[column]]
+        yield Record(f"{name}@{split}:row {i}", row)
+
+
+def read_source(source: str, default_split: str, text_field: str = "text") -> Iterator[Record]:
+    """Every record of a source: local files (by ending) or a hub dataset."""
+    if looks_like_path(source):
+        for path in expand_paths(source):
+            yield from read_file(path, text_field)
+    else:
+        yield from read_hub(source, default_split)

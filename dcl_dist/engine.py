@@ -1,0 +1,235 @@
+"""DeepSpeed: the only module that imports deepspeed.
+
+Builds the DeepSpeed config from a shipped template (configs/deepspeed/zero<stage>.json) with its "auto"
+values filled from our config, wraps a model in an engine, writes checkpoints atomically and resumes them,
+and gathers ZeRO-3-partitioned parameters for export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+
+from dcl_dist import dist
+from dcl_dist.config import Config, PhaseConfig, accumulation_steps
+
+TEMPLATES = Path(__file__).resolve().parent / "deepspeed_templates"
+"""configs/deepspeed, linked into the package so that an installed package finds it too."""
+
+CHECKPOINT_PREFIX = "step_"
+PARTIAL_PREFIX = ".partial-"
+COMPLETE_MARKER = "complete.json"
+
+logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+
+
+def resolve_precision(choice: str) -> str:
+    """fp32, bf16 or fp16 for this machine: auto is bf16 on GPUs that have it, fp16 on other GPUs, fp32 on CPU."""
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _template(cfg: Config) -> dict:
+    ds = cfg.deepspeed
+    if ds.config_file is not None:
+        path = Path(ds.config_file)
+    else:
+        suffix = "_offload" if ds.offload != "none" else ""
+        path = TEMPLATES / f"zero{ds.zero_stage}{suffix}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fill(node: Any, values: dict[str, Any], path: str = "") -> Any:
+    """Replace every "auto" leaf by values[its dotted path]."""
+    if isinstance(node, dict):
+        return {k: _fill(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if node == "auto":
+        if path not in values:
+            raise ValueError(f"DeepSpeed config: no value known for 'auto' at {path}: give a number in the JSON")
+        return values[path]
+    return node
+
+
+def deepspeed_config(cfg: Config, phase: str, world_size: int, total_steps: int, hidden_size: int) -> dict:
+    """The DeepSpeed config of one phase: template + batch sizes, optimiser, schedule, precision, ZeRO stage."""
+    p: PhaseConfig = getattr(cfg, phase)
+    accumulation = accumulation_steps(cfg, phase, world_size)
+    precision = resolve_precision(cfg.deepspeed.precision)
+    warmup = max(1, round(p.warmup_ratio * total_steps))
+    values = {
+        "train_batch_size": p.micro_batch_size_per_rank * world_size * accumulation,
+        "train_micro_batch_size_per_gpu": p.micro_batch_size_per_rank,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": p.max_grad_norm,
+        "optimizer.params.lr": p.lr,
+        "optimizer.params.weight_decay": p.weight_decay,
+        "scheduler.params.warmup_max_lr": p.lr,
+        "scheduler.params.warmup_num_steps": warmup,
+        "scheduler.params.total_num_steps": max(total_steps, warmup + 1),
+        "bf16.enabled": precision == "bf16",
+        "fp16.enabled": precision == "fp16",
+        # HF Trainer's ZeRO-3 rules of thumb, in the model's hidden size
+        "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+    out = _fill(_template(cfg), values)
+    if cfg.deepspeed.config_file is None:
+        out.setdefault("zero_optimization", {})["stage"] = cfg.deepspeed.zero_stage
+    if not torch.cuda.is_available():
+        out["zero_force_ds_cpu_optimizer"] = False  # torch's AdamW is the CPU optimiser here
+    return out
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: with weight decay, and without (biases, norms)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def initialize(model: torch.nn.Module, cfg: Config, phase: str, total_steps: int, hidden_size: int):
+    """Wrap `model` in a DeepSpeed engine (optimiser and schedule from the config); every rank calls it."""
+    dist.init()
+    if not torch.cuda.is_available():
+        # DeepSpeed would compile a shared-memory all-reduce for CPU ranks (a minute, once per machine); gloo's
+        # own collectives are what the CPU runs (tests, quickstart) need.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    ds_config = deepspeed_config(cfg, phase, dist.world_size(), total_steps, hidden_size)
+    groups = [g for g in _param_groups(model, getattr(cfg, phase).weight_decay) if g["params"]]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    return engine
+
+
+def learning_rate(engine) -> float:
+    return float(engine.get_lr()[0])
+
+
+def grad_norm(engine) -> float | None:
+    """The global gradient norm of the last optimiser step, before clipping (None where DeepSpeed keeps none)."""
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return None
+    return float(norm.item() if torch.is_tensor(norm) else norm)
+
+
+def zero_stage(engine) -> int:
+    return int(engine.zero_optimization_stage())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: <root>/step_00000120/ once complete; written under <root>/.partial-step_00000120/ first.
+
+
+def _tag(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def save_checkpoint(engine, root: Path, step: int, state: dict, rank_state: dict, keep_last: int) -> Path:
+    """Write a resumable checkpoint atomically; every rank calls it.
+
+    DeepSpeed writes model and optimiser shards into a hidden partial folder, each rank adds its own
+    `rank<r>.pt` (RNG states, data position), rank 0 adds `complete.json` (our loop state) and only then
+    renames the folder to its final name: a crash at any point leaves the previous checkpoint usable.
+    """
+    tag = _tag(step)
+    partial_tag = PARTIAL_PREFIX + tag
+    partial = root / partial_tag
+    if dist.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=partial_tag, save_latest=False)
+    torch.save(rank_state, partial / f"rank{dist.rank()}.pt")
+    dist.barrier()
+    final = root / tag
+    if dist.is_main():
+        (partial / COMPLETE_MARKER).write_text(json.dumps({**state, "world_size": dist.world_size()}, indent=2))
+        _fsync_dir(partial)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        # DeepSpeed's own readers (zero_to_fp32, ZeRO-3 weights-only loads) look for this pointer
+        (root / "latest.tmp").write_text(tag)
+        os.replace(root / "latest.tmp", root / "latest")
+        _fsync_dir(root)
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(PARTIAL_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under root, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(CHECKPOINT_PREFIX + "*") if (p / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(engine, path: Path, load_optimizer: bool = True) -> tuple[dict, dict | None]:
+    """Restore model, optimiser, schedule (and ZeRO shards) from a checkpoint; returns (loop state, this rank's state).
+
+    The rank state is None when the checkpoint was written by another world size (its RNG streams do not map).
+    """
+    engine.load_checkpoint(
+        str(path.parent),
+        tag=path.name,
+        load_optimizer_states=load_optimizer,
+        load_lr_scheduler_states=load_optimizer,
+        load_module_strict=True,
+    )
+    state = json.loads((path / COMPLETE_MARKER).read_text())
+    rank_file = path / f"rank{dist.rank()}.pt"
+    same_world = state.get("world_size") == dist.world_size()
+    rank_state = torch.load(rank_file, weights_only=False) if same_world and rank_file.is_file() else None
+    return state, rank_state
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole parameters for export
+
+
+@contextlib.contextmanager
+def full_parameters(module: torch.nn.Module) -> Iterator[None]:
+    """Inside this block every parameter of `module` holds its whole value on every rank (ZeRO-3 gathers them).
+
+    Read-only: changes made inside are not written back. Every rank must enter it.
+    """
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        yield
+        return
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield

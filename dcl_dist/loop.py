@@ -1,0 +1,243 @@
+"""The one training loop every phase uses: optimiser steps over micro-batches, gradient accumulation,
+evaluation and checkpoint cadence, early stopping, exact resume, TensorBoard and a progress bar on rank 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dcl_dist import dist
+from dcl_dist import engine as ds
+from dcl_dist.config import Config, PhaseConfig
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class PhaseRun:
+    """Everything the loop needs from a phase."""
+
+    name: str
+    engine: Any
+    steps_per_epoch: int
+    batches: Callable[[int, int], Iterable[dict]]
+    """(epoch, first step) -> this rank's micro-batches of that epoch from that optimiser step on."""
+    loss: Callable[[Any, dict], torch.Tensor]
+    """(engine, batch on device) -> scalar loss of the micro-batch."""
+    evaluate: Callable[[], dict[str, float]] | None = None
+    """Validation metrics (every rank calls it and gets the same dict)."""
+    select_metric: str | None = None
+    """Metric (higher is better) whose best value is kept in <phase>/best and ends training after `patience`."""
+    patience: int | None = None
+    samples_per_item: int = 1
+    """Examples per batch row (2 in pair mode), for samples/s."""
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint records about the loop (JSON); RNG states are saved per rank beside it."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Logger:
+    """TensorBoard events (one run per phase under <run.dir>/tb) and a tqdm bar, on rank 0 only."""
+
+    def __init__(self, run_dir: Path, phase: str, cfg: Config, total_steps: int, first_step: int):
+        self.phase = phase
+        self.writer = None
+        self.bar = None
+        if not dist.is_main():
+            return
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run wrote after the checkpoint we resume from
+            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step or None)
+        if cfg.logging.progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=first_step, desc=phase, dynamic_ncols=True)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                if v is not None and math.isfinite(v):
+                    self.writer.add_scalar(f"{self.phase}/{k}", v, step)
+
+    def advance(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def total_steps(p: PhaseConfig, steps_per_epoch: int) -> int:
+    full = p.epochs * steps_per_epoch
+    return min(full, p.max_steps) if p.max_steps is not None else full
+
+
+def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
+    """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one."""
+    p: PhaseConfig = getattr(cfg, run.name)
+    engine = run.engine
+    device = dist.device()
+    steps = total_steps(p, run.steps_per_epoch)
+    accumulation = engine.gradient_accumulation_steps()
+    ckpt_root = phase_dir / "checkpoints"
+
+    state = LoopState()
+    latest = ds.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        saved, rank_state = ds.load_checkpoint(engine, latest)
+        state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
+        if dist.is_main():
+            log.info("%s: resumed from %s (step %d of %d, epoch %d)", run.name, latest, state.step, steps, state.epoch)
+
+    if state.finished:
+        return state
+    logger = Logger(phase_dir.parent, run.name, cfg, steps, state.step)
+
+    def checkpoint() -> None:
+        ds.save_checkpoint(engine, ckpt_root, state.step, vars(state), {"rng": rng_state()}, cfg.checkpoint.keep_last)
+
+    def evaluate() -> bool:
+        """Run validation; returns True when training should stop early."""
+        if run.evaluate is None:
+            return False
+        engine.eval()
+        with torch.no_grad():
+            metrics = run.evaluate()
+        engine.train()
+        logger.scalars({f"val_{k}": v for k, v in metrics.items()}, state.step)
+        state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
+        if dist.is_main():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            log.info("%s step %d: validation %s", run.name, state.step, shown)
+        if run.select_metric is None:
+            return False
+        value = metrics[run.select_metric]
+        if state.best is None or value > state.best:
+            state.best, state.best_step, state.bad_evals = value, state.step, 0
+            ds.save_checkpoint(engine, phase_dir / "best", 0, vars(state), {"rng": rng_state()}, keep_last=1)
+            return False
+        state.bad_evals += 1
+        return run.patience is not None and state.bad_evals >= run.patience
+
+    engine.train()
+    window_start, window_samples, window_tokens = time.perf_counter(), 0.0, 0.0
+    stop = False
+    while not stop and state.step < steps and state.epoch < p.epochs:
+        micro_batches = iter(run.batches(state.epoch, state.step_in_epoch))
+        while state.step_in_epoch < run.steps_per_epoch and state.step < steps:
+            loss_sum = torch.zeros((), device=device)
+            samples = tokens = 0
+            for _ in range(accumulation):
+                batch = to_device(next(micro_batches), device)
+                loss = run.loss(engine, batch)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach().float()
+                rows = next(v for k, v in batch.items() if k.endswith("input_ids")).shape[0]
+                samples += rows * run.samples_per_item
+                tokens += int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
+            state.step += 1
+            state.step_in_epoch += 1
+            total_loss, total_samples, total_tokens = dist.sum_floats(loss_sum.item(), samples, tokens)
+            mean_loss = total_loss / (accumulation * dist.world_size())
+            if not math.isfinite(mean_loss):
+                logger.close()
+                raise NonFiniteLossError(
+                    f"phase {run.name}: the loss became {mean_loss} at step {state.step}. The last good checkpoint is"
+                    f" {ds.latest_checkpoint(ckpt_root) or 'none (no checkpoint was written yet)'}: lower"
+                    f" {run.name}.lr, keep {run.name}.max_grad_norm > 0,"
+                    " or use deepspeed.precision: bf16 instead of fp16"
+                )
+            window_samples += total_samples
+            window_tokens += total_tokens
+            logger.advance(mean_loss)
+            if state.step % p.log_every_steps == 0 or state.step == steps:
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                logger.scalars(
+                    {
+                        "loss": mean_loss,
+                        "lr": ds.learning_rate(engine),
+                        "grad_norm": ds.grad_norm(engine),
+                        "samples_per_s": window_samples / elapsed,
+                        "tokens_per_s": window_tokens / elapsed,
+                    },
+                    state.step,
+                )
+                window_start, window_samples, window_tokens = time.perf_counter(), 0.0, 0.0
+            epoch_done = state.step_in_epoch == run.steps_per_epoch
+            due = p.eval_every_steps is not None and state.step % p.eval_every_steps == 0
+            if due or (p.eval_every_steps is None and epoch_done) or state.step == steps:
+                if evaluate():
+                    state.stopped_early = stop = True
+                    break
+            if state.step % cfg.checkpoint.every_steps == 0 and state.step < steps:
+                checkpoint()
+        if state.step_in_epoch >= run.steps_per_epoch:
+            state.epoch += 1
+            state.step_in_epoch = 0
+    state.finished = True
+    checkpoint()
+    logger.close()
+    return state
+
+
+def load_best(engine, phase_dir: Path) -> bool:
+    """Put the best validation weights (written by train) back into the engine; False if there are none."""
+    best = ds.latest_checkpoint(phase_dir / "best")
+    if best is None:
+        return False
+    ds.load_checkpoint(engine, best, load_optimizer=False)
+    return True

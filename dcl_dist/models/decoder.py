@@ -1,0 +1,95 @@
+"""The TSDAE decoder: a causal-LM copy of the checkpoint with cross-attention to the sentence vector.
+
+Tied (the default), its body is the encoder's own modules: every leaf module (Linear, LayerNorm, Embedding)
+that the encoder also has at the same path is replaced by the encoder's, so one parameter lives in both and
+ZeRO sees it once. Sharing leaves rather than whole attention blocks keeps the decoder's own causal settings.
+Only the cross-attention blocks and the LM head's transform are the decoder's alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+
+class DecoderError(ValueError):
+    """The base model's architecture has no decoder with cross-attention."""
+
+
+def load_decoder(name_or_path: str, attn_implementation: str = "sdpa") -> nn.Module:
+    """The checkpoint as a causal LM with cross-attention (e.g. BertLMHeadModel, RobertaForCausalLM)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    config.is_decoder = True
+    config.add_cross_attention = True
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_path, config=config, attn_implementation=attn_implementation
+        )
+    except (ValueError, KeyError) as e:
+        raise DecoderError(
+            f"model type '{config.model_type}' of {name_or_path} has no causal-LM decoder with cross-attention in"
+            f" transformers ({e}), which phase dae needs: use a BERT-, RoBERTa-, ELECTRA- or XLM-R-style encoder,"
+            " or a variant without phase dae (cl_ft, ft)"
+        ) from None
+
+
+def tie_to_encoder(decoder: nn.Module, encoder_backbone: nn.Module) -> int:
+    """Make the decoder's body share the encoder's leaf modules; returns how many leaves are shared."""
+    body = decoder.base_model
+    encoder_leaves = {name: m for name, m in encoder_backbone.named_modules() if not list(m.children())}
+    shared = 0
+    for name, module in list(body.named_modules()):
+        if list(module.children()) or not list(module.parameters(recurse=False)):
+            continue
+        twin = encoder_leaves.get(name)
+        if twin is not None and type(twin) is type(module) and _same_shapes(twin, module):
+            body.set_submodule(name, twin)
+            shared += 1
+    if getattr(decoder.config, "tie_word_embeddings", True):
+        decoder.get_output_embeddings().weight = decoder.get_input_embeddings().weight
+    return shared
+
+
+def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(pa[k].shape == pb[k].shape for k in pa)
+
+
+def lm_head(decoder: nn.Module) -> nn.Module:
+    """The decoder's head (hidden -> vocabulary logits): every child that is not the body."""
+    heads = [m for name, m in decoder.named_children() if name != decoder.base_model_prefix]
+    if len(heads) != 1:
+        raise DecoderError(f"cannot find the LM head of {type(decoder).__name__}")
+    return heads[0]
+
+
+class TsdaeDecoder(nn.Module):
+    """Reconstructs the clean text from one sentence vector; logits only where there is a token to predict."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(
+        self,
+        sentence: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        decoder_attention_mask: torch.Tensor,
+        decoder_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sentence (batch, hidden) -> (logits (n_tokens, vocab), targets (n_tokens,)) over non-pad positions."""
+        memory = sentence.unsqueeze(1)  # the decoder's only memory: (batch, 1, hidden)
+        states = self.decoder.base_model(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=torch.ones(
+                memory.shape[:2], dtype=decoder_attention_mask.dtype, device=memory.device
+            ),
+            use_cache=False,
+        ).last_hidden_state
+        keep = decoder_labels != -100
+        # the vocabulary projection is the costliest layer here: skip the padded positions
+        logits = lm_head(self.decoder)(states[keep])
+        return logits, decoder_labels[keep]

@@ -1,0 +1,71 @@
+"""Phase 2, cl: cluster the representation by class with the paper's cosine-MSE loss (or SupCon),
+on the imbalance-corrected training set, in pair mode or gathered in-batch mode.
+
+Artifact: the starting encoder + one more Dense layer ("DAECL" after phase dae).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dcl_dist import dist, loop
+from dcl_dist import engine as ds
+from dcl_dist.data.batching import Tokenize
+from dcl_dist.data.contrastive import ContrastiveBatches, correction
+from dcl_dist.phases.common import (
+    PhaseContext,
+    batch_plan,
+    contrastive_evaluator,
+    contrastive_loss,
+    epoch_loader,
+    load_start,
+    report_trainable,
+    resolve_max_length,
+    save_artifact,
+    seed_everything,
+    truncation_note,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: PhaseContext) -> dict:
+    cfg, phase = ctx.cfg, "cl"
+    seed_everything(cfg.run.seed)
+    encoder, tokenizer = load_start(ctx)
+    encoder.add_dense()
+    report_trainable(encoder, phase)
+    tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
+
+    train = ctx.splits.train
+    entries, record = correction(cfg, train, len(ctx.splits.classes))
+    if dist.is_main():
+        log.info(
+            "cl: imbalance %s: class sizes %s -> %s", cfg.cl.imbalance, record["counts"], record["corrected_counts"]
+        )
+    contrast = ContrastiveBatches(cfg, train, entries, tokenize)
+    n_levels = len(ctx.splits.label_names)
+    loss_fn = contrastive_loss(cfg, n_levels)
+    plan = batch_plan(cfg, phase)
+    steps_per_epoch = plan.steps(contrast.n_items)
+    engine = ds.initialize(encoder, cfg, phase, loop.total_steps(cfg.cl, steps_per_epoch), encoder.hidden_size)
+
+    def batches(epoch: int, start: int):
+        collate, order = contrast.collate_and_order(epoch)
+        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
+
+    def step_loss(eng, batch):
+        return loss_fn(eng(batch["input_ids"], batch["attention_mask"]), batch["levels"])
+
+    evaluate = contrastive_evaluator(cfg, phase, lambda: engine.module, tokenize, ctx.splits.validation, n_levels)
+    state = loop.train(
+        loop.PhaseRun(
+            phase, engine, steps_per_epoch, batches, step_loss, evaluate, samples_per_item=contrast.samples_per_item
+        ),
+        cfg,
+        ctx.phase_dir(phase),
+    )
+    truncation_note(tokenize, phase)
+    metrics = {"steps": state.step, "history": state.history, "imbalance_correction": record}
+    save_artifact(ctx, phase, engine, engine.module, tokenizer, tokenize.max_length, {"metrics": metrics})
+    return metrics

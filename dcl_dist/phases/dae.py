@@ -1,0 +1,117 @@
+"""Phase 1, dae: adapt the encoder to the data with a TSDAE denoising autoencoder (no labels).
+
+Artifact: encoder + pooling + bottleneck Dense.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dcl_dist import engine as ds
+from dcl_dist import loop
+from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_targets, epoch_order
+from dcl_dist.data.splits import load_unlabelled
+from dcl_dist.evaluation import sharded_apply
+from dcl_dist.losses.reconstruction import ReconstructionLoss
+from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
+from dcl_dist.models.encoder import SentenceEncoder
+from dcl_dist.phases.common import (
+    PhaseContext,
+    batch_plan,
+    epoch_loader,
+    eval_batch_size,
+    load_start,
+    report_trainable,
+    resolve_max_length,
+    save_artifact,
+    seed_everything,
+    truncation_note,
+)
+
+UNLABELLED_ID_OFFSET = 1 << 40
+"""Sample ids of data.unlabelled texts start here, apart from train's (noise keys must not collide)."""
+
+VALIDATION_EPOCH = -1
+"""Noise key of the validation loss: the same corruption at every evaluation."""
+
+
+class DaeModel(nn.Module):
+    """Noisy text -> sentence vector -> decoder -> reconstruction loss of the clean text."""
+
+    def __init__(self, encoder: SentenceEncoder, decoder: TsdaeDecoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.loss = ReconstructionLoss()
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, decoder_labels):
+        sentence = self.encoder(input_ids, attention_mask)
+        logits, targets = self.decoder(sentence, decoder_input_ids, decoder_attention_mask, decoder_labels)
+        return self.loss(logits, targets)
+
+
+def build_model(ctx: PhaseContext) -> tuple[DaeModel, object]:
+    """The encoder this phase starts from, plus the bottleneck, plus the (tied) decoder."""
+    cfg = ctx.cfg
+    encoder, tokenizer = load_start(ctx)
+    if cfg.model.bottleneck:
+        encoder.add_dense()
+    decoder = load_decoder(cfg.model.name_or_path, cfg.model.attn_implementation)
+    if cfg.dae.tie_decoder:
+        tie_to_encoder(decoder, encoder.backbone)
+    return DaeModel(encoder, TsdaeDecoder(decoder)), tokenizer
+
+
+def run(ctx: PhaseContext) -> dict:
+    cfg, phase = ctx.cfg, "dae"
+    seed_everything(cfg.run.seed)
+    model, tokenizer = build_model(ctx)
+    report_trainable(model, phase)
+    tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, model.encoder.backbone))
+
+    train = ctx.splits.train
+    extra = load_unlabelled(cfg)
+    source = TextSource(train.texts + extra, None, train.ids + [UNLABELLED_ID_OFFSET + i for i in range(len(extra))])
+    noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio)
+    plan = batch_plan(cfg, phase)
+    steps_per_epoch = plan.steps(len(source.texts))
+    engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.dae, steps_per_epoch), model.encoder.hidden_size)
+
+    def batches(epoch: int, start: int):
+        order = epoch_order(len(source.texts), cfg.run.seed, epoch)
+        return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
+
+    validation = ctx.splits.validation
+
+    def evaluate() -> dict[str, float]:
+        def collate(items):
+            clean = [validation.texts[i] for i in items]
+            noisy = [noise.dae(t, validation.ids[i], VALIDATION_EPOCH) for t, i in zip(clean, items)]
+            return {**tokenize(noisy), **dae_targets(tokenize, clean)}
+
+        def loss_and_count(b):
+            """Per text: (summed token cross-entropy, tokens)."""
+            sentence = engine.module.encoder(b["input_ids"], b["attention_mask"])
+            logits, targets = engine.module.decoder(
+                sentence, b["decoder_input_ids"], b["decoder_attention_mask"], b["decoder_labels"]
+            )
+            per_token = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            rows = (b["decoder_labels"] != -100).nonzero()[:, 0]
+            zeros = per_token.new_zeros(b["input_ids"].shape[0])
+            return torch.stack(
+                [zeros.index_add(0, rows, per_token), zeros.index_add(0, rows, torch.ones_like(per_token))], dim=1
+            )
+
+        sums = sharded_apply(loss_and_count, collate, len(validation), eval_batch_size(cfg, phase)).sum(0)
+        return {"loss": float(sums[0] / sums[1].clamp(min=1))}
+
+    state = loop.train(
+        loop.PhaseRun(phase, engine, steps_per_epoch, batches, lambda eng, b: eng(**b), evaluate),
+        cfg,
+        ctx.phase_dir(phase),
+    )
+    truncation_note(tokenize, phase)
+    metrics = {"steps": state.step, "history": state.history}
+    save_artifact(ctx, phase, engine, engine.module.encoder, tokenizer, tokenize.max_length, {"metrics": metrics})
+    return metrics

@@ -1,0 +1,143 @@
+"""Variants as lists of phases: the only place that knows the order and passes each artifact to the next.
+
+A run directory remembers the settings each phase was trained with (<phase>/settings.json): a finished
+phase is skipped when they match, an unfinished one resumes from its checkpoint, and a mismatch stops
+with the keys that changed rather than mixing two experiments in one directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from dcl_dist import dist
+from dcl_dist.config import Config, ConfigError, check_world, dump_yaml, to_dict
+from dcl_dist.data.splits import Splits, load_splits
+from dcl_dist.models.artifact import is_complete, read_meta
+from dcl_dist.phases import cl, dae, ft, joint
+from dcl_dist.phases.common import PhaseContext
+
+log = logging.getLogger(__name__)
+
+PHASES: dict[str, Callable[[PhaseContext], dict]] = {"dae": dae.run, "cl": cl.run, "ft": ft.run, "joint": joint.run}
+SETTINGS_FILE = "settings.json"
+METRICS_FILE = "metrics.json"
+
+PHASE_SECTIONS = {"dae": ["dae"], "cl": ["cl"], "ft": ["ft"], "joint": ["joint", "dae", "cl"]}
+"""Config sections whose values shape each phase's result (besides model, data and run.seed)."""
+
+
+def phase_settings(cfg: Config, phases: tuple[str, ...], upto: str) -> dict:
+    """The settings that determine a phase's artifact: the data, the model and every phase up to this one."""
+    full = to_dict(cfg)
+    data = {k: v for k, v in full["data"].items() if k not in ("num_workers",)}
+    out = {"model": full["model"], "data": data, "seed": cfg.run.seed, "phases": list(phases[: phases.index(upto) + 1])}
+    for phase in out["phases"]:
+        for section in PHASE_SECTIONS[phase]:
+            out[section] = full[section]
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_settings(phase_dir: Path, settings: dict, run_dir: Path) -> None:
+    """Raise a ConfigError naming the changed keys when phase_dir holds work done with other settings."""
+    saved_file = phase_dir / SETTINGS_FILE
+    if not saved_file.is_file():
+        return
+    saved = _flatten(json.loads(saved_file.read_text()))
+    now = _flatten(json.loads(json.dumps(settings)))
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:8])
+        raise ConfigError(
+            [
+                f"{phase_dir} was trained with other settings: {shown}. Use a new run.dir, or delete {phase_dir} to"
+                f" train phase {phase_dir.name} again (later phases of {run_dir} depend on it)"
+            ]
+        )
+
+
+def collect_metrics(run_dir: Path, cfg: Config) -> dict:
+    """metrics.json: each finished phase's metrics (from its artifact), and the final test metrics."""
+    out: dict = {"variant": cfg.run.variant, "phases": {}}
+    for phase in cfg.phases():
+        artifact = run_dir / phase / "artifact"
+        if is_complete(artifact):
+            out["phases"][phase] = read_meta(artifact).get("metrics", {})
+    final = out["phases"].get("ft", {})
+    for split in ("validation", "test"):
+        if split in final:
+            out[split] = {k: v for k, v in final[split].items() if k not in ("per_class", "confusion_matrix")}
+    return out
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run directory and write the resolved config (rank 0); every rank gets the path."""
+    run_dir = Path(cfg.run.dir)
+    if dist.is_main():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        except OSError as e:
+            raise ConfigError(
+                [f"'run.dir' {run_dir} cannot be written ({e.strerror}): choose a writable folder"]
+            ) from None
+    dist.barrier()
+    return run_dir
+
+
+def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | None = None) -> dict:
+    """Run the variant's phases in order (or just `only_phase`), skipping finished ones; returns metrics.json's dict."""
+    dist.init()
+    phases = cfg.phases()
+    if only_phase is not None and only_phase not in phases:
+        raise ConfigError([f"--phase {only_phase} is not a phase of variant {cfg.run.variant} ({', '.join(phases)})"])
+    problems = [p for phase in phases for p in check_world(cfg, phase, dist.world_size())]
+    if problems:
+        raise ConfigError(problems)
+    run_dir = prepare_run_dir(cfg)
+    splits = splits or load_splits(cfg)
+    source, lineage = cfg.model.name_or_path, []
+    for phase in phases:
+        phase_dir = run_dir / phase
+        artifact = phase_dir / "artifact"
+        settings = phase_settings(cfg, phases, phase)
+        check_settings(phase_dir, settings, run_dir)
+        if is_complete(artifact):
+            if dist.is_main():
+                log.info("%s: finished earlier (%s), skipped", phase, artifact)
+        elif only_phase is not None and phase != only_phase:
+            raise ConfigError(
+                [
+                    f"--phase {only_phase} starts from phase {phase}'s artifact, and {artifact} does not exist:"
+                    f" run --phase {phase} first, or the whole variant without --phase"
+                ]
+            )
+        else:
+            if dist.is_main():
+                phase_dir.mkdir(parents=True, exist_ok=True)
+                (phase_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+                log.info("%s: starting from %s", phase, source)
+            dist.barrier()
+            PHASES[phase](PhaseContext(cfg, run_dir, splits, source, lineage))
+            if dist.is_main():
+                (run_dir / METRICS_FILE).write_text(json.dumps(collect_metrics(run_dir, cfg), indent=2))
+        lineage = lineage + [{"phase": phase, "artifact": str(artifact)}]
+        source = str(artifact)
+        if phase == only_phase:
+            break
+    metrics = collect_metrics(run_dir, cfg)
+    if dist.is_main():
+        (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return metrics
