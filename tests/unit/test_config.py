@@ -1,0 +1,124 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcl_dist.config import (
+    Config,
+    ConfigError,
+    accumulation_steps,
+    check_world,
+    dump_yaml,
+    field_docs,
+    load_config,
+    schema_keys,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = str(REPO / "pyproject.toml")  # any existing file will do where only the path is checked
+
+
+def problems_of(overrides, path=None):
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    return err.value.problems
+
+
+def test_every_key_has_a_doc():
+    keys = schema_keys()
+    assert len(keys) > 60
+    undocumented = [k for k, (_, _, doc) in keys.items() if not doc]
+    assert undocumented == []
+
+
+def test_every_section_has_a_doc():
+    assert set(field_docs(Config)) == {"run", "model", "data", "dae", "cl", "ft", "joint", "deepspeed", "checkpoint",
+                                       "logging"}
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, [f"data.train={TRAIN}", "cl.lr=1e-5", "ft.patience=5", "model.max_length=64",
+                             "dae.tie_decoder=false", "cl.level_weights=[1, 0.5]", "data.hierarchy_fields=[coarse]"])
+    assert cfg.cl.lr == 1e-5 and isinstance(cfg.cl.lr, float)
+    assert cfg.ft.patience == 5 and cfg.model.max_length == 64 and cfg.dae.tie_decoder is False
+    assert cfg.cl.level_weights == [1.0, 0.5]
+
+
+def test_unknown_key_suggests_the_closest():
+    (problem,) = problems_of([f"data.train={TRAIN}", "cl.imbalanse=paper"])
+    assert "cl.imbalanse" in problem and "did you mean 'cl.imbalance'" in problem
+
+
+def test_unknown_section_suggests_the_closest():
+    (problem,) = problems_of([f"data.train={TRAIN}", "deepsped.zero_stage=3"])
+    assert "deepsped" in problem and "deepspeed" in problem
+
+
+def test_every_problem_is_reported_at_once():
+    problems = problems_of([
+        f"data.train={TRAIN}", "cl.imbalance=papr", "dae.lr=-1", "dae.deletion_ratio=1.0", "cl.min_ratio=5",
+        "ft.patience=zero", "deepspeed.zero_stage=4",
+    ])
+    text = "\n".join(problems)
+    assert len(problems) == 6, text
+    for key in ("cl.imbalance", "dae.lr", "dae.deletion_ratio", "cl.min_ratio", "ft.patience",
+                "deepspeed.zero_stage"):
+        assert key in text
+    assert "did you mean 'paper'" in text
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"run:\n  dir: x\ndata:\n  train: {TRAIN}\ncl:\n  lr: 1e-5\n  mode: pairs\n")
+    (problem,) = problems_of([], path)
+    assert f"{path}:7" in problem and "cl.mode" in problem and "did you mean 'pair'" in problem
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  dir: [x\n")
+    (problem,) = problems_of([], path)
+    assert str(path) in problem and "YAML" in problem
+
+
+def test_missing_train_file_is_reported():
+    (problem,) = problems_of(["data.train=does/not/exist.jsonl"])
+    assert "data.train" in problem and "does not exist" in problem
+
+
+def test_variant_imbalance_conflict():
+    (problem,) = problems_of([f"data.train={TRAIN}", "run.variant=no_imb", "cl.imbalance=extra"])
+    assert "no_imb" in problem
+    cfg = load_config(None, [f"data.train={TRAIN}", "run.variant=extra_imb"])
+    assert cfg.imbalance_ratios() == (1.5, 20.0)
+    assert load_config(None, [f"data.train={TRAIN}", "run.variant=no_imb"]).imbalance_ratios() is None
+
+
+def test_preset_values_can_be_overridden_one_by_one():
+    cfg = load_config(None, [f"data.train={TRAIN}", "cl.max_ratio=6"])
+    assert cfg.imbalance_ratios() == (1.5, 6.0)
+
+
+def test_dump_yaml_round_trips(tmp_path):
+    cfg = load_config(None, [f"data.train={TRAIN}", "cl.mode=pair", "model.max_length=77"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_world_size_checks():
+    cfg = load_config(None, [f"data.train={TRAIN}", "ft.micro_batch_size_per_rank=8", "ft.global_batch_size=48"])
+    assert check_world(cfg, "ft", 2) == [] and accumulation_steps(cfg, "ft", 2) == 3
+    (problem,) = check_world(cfg, "ft", 4)
+    assert "ft.global_batch_size" in problem and "32" in problem and "64" in problem
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    raw = yaml.safe_load(path.read_text())
+    train = raw.get("data", {}).get("train", "")
+    if train.startswith("../shared") and not (REPO / train).exists():
+        pytest.skip("shared data not present")
+    cfg = load_config(path)
+    assert cfg.phases()
