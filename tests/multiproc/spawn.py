@@ -6,8 +6,9 @@ import os
 import pickle
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -16,9 +17,17 @@ from conftest import free_port  # noqa: E402
 
 
 def _worker(local_rank: int, world: int, port: int, out_dir: str, fn: Callable, args: tuple) -> None:
-    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
-                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    os.environ.update(
+        RANK=str(local_rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     from dcl_dist import dist
 
     result: Any
@@ -36,8 +45,9 @@ def run_ranks(fn: Callable, world: int, tmp_path: Path, *args: Any) -> list[Any]
     """fn(*args) on ranks 0..world-1; returns their results in rank order, raising if any rank failed."""
     out_dir = tmp_path / f"results-{world}-{free_port()}"
     out_dir.mkdir()
-    mp.start_processes(_worker, args=(world, free_port(), str(out_dir), fn, args), nprocs=world,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _worker, args=(world, free_port(), str(out_dir), fn, args), nprocs=world, start_method="spawn", join=True
+    )
     results = [pickle.loads((out_dir / f"rank{r}.pkl").read_bytes()) for r in range(world)]
     errors = [f"rank {r}:\n{v}" for r, (status, v) in enumerate(results) if status == "error"]
     if errors:

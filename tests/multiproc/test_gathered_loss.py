@@ -47,8 +47,16 @@ def _gradients(model_dir: str, loss_name: str, run_dir: str):
 
     weights = level_weights(1, None)
     loss_fn = InBatchCosineLoss(weights) if loss_name == "cosine_mse" else SupConLoss(0.2)
-    cfg = load_config(None, [f"run.dir={run_dir}", f"data.train={__file__}", "deepspeed.zero_stage=0",
-                             f"cl.micro_batch_size_per_rank={MICRO}", "cl.max_grad_norm=0"])
+    cfg = load_config(
+        None,
+        [
+            f"run.dir={run_dir}",
+            f"data.train={__file__}",
+            "deepspeed.zero_stage=0",
+            f"cl.micro_batch_size_per_rank={MICRO}",
+            "cl.max_grad_norm=0",
+        ],
+    )
     engine = ds.initialize(model, cfg, "cl", total_steps=10, hidden_size=model.hidden_size)
     loss = loss_fn(engine(ids[rows], mask[rows]), levels[rows])
     engine.backward(loss)

@@ -12,7 +12,7 @@ def test_factor_follows_the_formula():
     assert oversampling_factor(10, 1000, 4.0) == pytest.approx(2.667, abs=1e-3)
     assert oversampling_factor(1, 1000, 4.0) == pytest.approx(4.0)
     # f(x) = 1 at x = M^((max_ratio - 1) / max_ratio)
-    assert oversampling_factor(1000 ** 0.75, 1000, 4.0) == pytest.approx(1.0)
+    assert oversampling_factor(1000**0.75, 1000, 4.0) == pytest.approx(1.0)
 
 
 def test_ratios_below_min_ratio_are_untouched():
@@ -40,7 +40,7 @@ def test_entries_keep_originals_and_spread_copies():
     per_class = Counter(labels[e.index] for e in entries)
     assert [per_class[c] for c in range(3)] == corrected_sizes([100, 10, 3], ratios)
     copies_of = Counter(e.index for e in entries if e.copy > 0)
-    for c, n in ((1, 10), (2, 3)):
+    for c in (1, 2):
         members = [i for i, label in enumerate(labels) if label == c]
         counts = [copies_of.get(i, 0) for i in members]
         assert max(counts) - min(counts) <= 1  # spread evenly

@@ -50,6 +50,6 @@ def test_class_aware_order_groups_same_class():
     labels = [0] * 10 + [1] * 7 + [2] * 4
     order = class_aware_order(labels, 2, seed=0, epoch=0)
     assert sorted(order) == list(range(21))
-    pairs = [order[i:i + 2] for i in range(0, 20, 2)]
+    pairs = [order[i : i + 2] for i in range(0, 20, 2)]
     same = sum(labels[a] == labels[b] for a, b in pairs)
     assert same >= 8

@@ -32,13 +32,33 @@ def test_every_key_has_a_doc():
 
 
 def test_every_section_has_a_doc():
-    assert set(field_docs(Config)) == {"run", "model", "data", "dae", "cl", "ft", "joint", "deepspeed", "checkpoint",
-                                       "logging"}
+    assert set(field_docs(Config)) == {
+        "run",
+        "model",
+        "data",
+        "dae",
+        "cl",
+        "ft",
+        "joint",
+        "deepspeed",
+        "checkpoint",
+        "logging",
+    }
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, [f"data.train={TRAIN}", "cl.lr=1e-5", "ft.patience=5", "model.max_length=64",
-                             "dae.tie_decoder=false", "cl.level_weights=[1, 0.5]", "data.hierarchy_fields=[coarse]"])
+    cfg = load_config(
+        None,
+        [
+            f"data.train={TRAIN}",
+            "cl.lr=1e-5",
+            "ft.patience=5",
+            "model.max_length=64",
+            "dae.tie_decoder=false",
+            "cl.level_weights=[1, 0.5]",
+            "data.hierarchy_fields=[coarse]",
+        ],
+    )
     assert cfg.cl.lr == 1e-5 and isinstance(cfg.cl.lr, float)
     assert cfg.ft.patience == 5 and cfg.model.max_length == 64 and cfg.dae.tie_decoder is False
     assert cfg.cl.level_weights == [1.0, 0.5]
@@ -55,14 +75,20 @@ def test_unknown_section_suggests_the_closest():
 
 
 def test_every_problem_is_reported_at_once():
-    problems = problems_of([
-        f"data.train={TRAIN}", "cl.imbalance=papr", "dae.lr=-1", "dae.deletion_ratio=1.0", "cl.min_ratio=5",
-        "ft.patience=zero", "deepspeed.zero_stage=4",
-    ])
+    problems = problems_of(
+        [
+            f"data.train={TRAIN}",
+            "cl.imbalance=papr",
+            "dae.lr=-1",
+            "dae.deletion_ratio=1.0",
+            "cl.min_ratio=5",
+            "ft.patience=zero",
+            "deepspeed.zero_stage=4",
+        ]
+    )
     text = "\n".join(problems)
     assert len(problems) == 6, text
-    for key in ("cl.imbalance", "dae.lr", "dae.deletion_ratio", "cl.min_ratio", "ft.patience",
-                "deepspeed.zero_stage"):
+    for key in ("cl.imbalance", "dae.lr", "dae.deletion_ratio", "cl.min_ratio", "ft.patience", "deepspeed.zero_stage"):
         assert key in text
     assert "did you mean 'paper'" in text
 
@@ -86,9 +112,9 @@ def test_missing_train_file_is_reported():
     assert "data.train" in problem and "does not exist" in problem
 
 
-def test_variant_imbalance_conflict():
-    (problem,) = problems_of([f"data.train={TRAIN}", "run.variant=no_imb", "cl.imbalance=extra"])
-    assert "no_imb" in problem
+def test_variant_sets_the_imbalance_preset(caplog):
+    cfg = load_config(None, [f"data.train={TRAIN}", "run.variant=no_imb", "cl.imbalance=extra"])
+    assert cfg.cl.imbalance == "none" and "replaces cl.imbalance extra" in caplog.text
     cfg = load_config(None, [f"data.train={TRAIN}", "run.variant=extra_imb"])
     assert cfg.imbalance_ratios() == (1.5, 20.0)
     assert load_config(None, [f"data.train={TRAIN}", "run.variant=no_imb"]).imbalance_ratios() is None
