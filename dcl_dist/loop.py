@@ -34,8 +34,12 @@ class PhaseRun:
     name: str
     engine: Any
     steps_per_epoch: int
-    batches: Callable[[int, int], Iterable[dict]]
-    """(epoch, first step) -> this rank's micro-batches of that epoch from that optimiser step on."""
+    batches: Callable[[int, int, Any], Iterable[dict]]
+    """(epoch, first step, data state or None) -> this rank's micro-batches of that epoch from that step on.
+
+    A micro-batch may carry "data_state": where its source stands once it is consumed (a stream's shard, offset
+    and buffer). The loop saves the last one in each rank's checkpoint and hands it back on resume.
+    """
     loss: Callable[[Any, dict], torch.Tensor]
     """(engine, batch on device) -> scalar loss of the micro-batch."""
     evaluate: Callable[[], dict[str, float]] | None = None
@@ -133,12 +137,14 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     ckpt_root = phase_dir / "checkpoints"
 
     state = LoopState()
+    data_state = None
     latest = ds.latest_checkpoint(ckpt_root)
     if latest is not None:
         saved, rank_state = ds.load_checkpoint(engine, latest)
         state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
+            data_state = rank_state.get("data")
         if dist.is_main():
             log.info("%s: resumed from %s (step %d of %d, epoch %d)", run.name, latest, state.step, steps, state.epoch)
 
@@ -147,7 +153,8 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     logger = Logger(phase_dir.parent, run.name, cfg, steps, state.step)
 
     def checkpoint() -> None:
-        ds.save_checkpoint(engine, ckpt_root, state.step, vars(state), {"rng": rng_state()}, cfg.checkpoint.keep_last)
+        rank_state = {"rng": rng_state(), "data": data_state}
+        ds.save_checkpoint(engine, ckpt_root, state.step, vars(state), rank_state, cfg.checkpoint.keep_last)
 
     def evaluate() -> bool:
         """Run validation; returns True when training should stop early."""
@@ -176,12 +183,14 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     window_start, window_samples, window_tokens = time.perf_counter(), 0.0, 0.0
     stop = False
     while not stop and state.step < steps and state.epoch < p.epochs:
-        micro_batches = iter(run.batches(state.epoch, state.step_in_epoch))
+        micro_batches = iter(run.batches(state.epoch, state.step_in_epoch, data_state))
         while state.step_in_epoch < run.steps_per_epoch and state.step < steps:
             loss_sum = torch.zeros((), device=device)
             samples = tokens = 0
             for _ in range(accumulation):
-                batch = to_device(next(micro_batches), device)
+                batch = next(micro_batches)
+                data_state = batch.pop("data_state", data_state)
+                batch = to_device(batch, device)
                 loss = run.loss(engine, batch)
                 engine.backward(loss)
                 engine.step()
@@ -228,6 +237,7 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
         if state.step_in_epoch >= run.steps_per_epoch:
             state.epoch += 1
             state.step_in_epoch = 0
+            data_state = None
     state.finished = True
     checkpoint()
     logger.close()

@@ -78,7 +78,7 @@ def run(ctx: PhaseContext) -> dict:
     steps_per_epoch = plan.steps(len(source.texts))
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.dae, steps_per_epoch), model.encoder.hidden_size)
 
-    def batches(epoch: int, start: int):
+    def batches(epoch: int, start: int, data_state=None):
         order = epoch_order(len(source.texts), cfg.run.seed, epoch)
         return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
 

@@ -50,7 +50,7 @@ def run(ctx: PhaseContext) -> dict:
     loss_fn = ClassificationLoss()
     eval_batch = eval_batch_size(cfg, phase)
 
-    def batches(epoch: int, start: int):
+    def batches(epoch: int, start: int, data_state=None):
         order = epoch_order(len(train), cfg.run.seed, epoch)
         return epoch_loader(cfg, plan, order, start, steps_per_epoch, FtCollate(tokenize, source))
 

@@ -92,7 +92,7 @@ def run(ctx: PhaseContext) -> dict:
     steps_per_epoch = plan.steps(contrast.n_items)
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
 
-    def batches(epoch: int, start: int):
+    def batches(epoch: int, start: int, data_state=None):
         collate, order = contrast.collate_and_order(epoch)
         return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
 
