@@ -90,6 +90,8 @@ class DataConfig:
     """Empty or whitespace-only texts: skip them (and count them in the log) or stop with an error."""
     streaming: bool = False
     """Read splits as streams instead of loading them in memory (corpora larger than memory)."""
+    group_by_length: bool = True
+    """Fill each global batch with texts of similar length (less padding work); not for cl's in_batch mode."""
     num_workers: int | None = None
     """DataLoader worker processes that tokenise ahead of the model; null: 2 on a GPU, 0 on a CPU."""
 

@@ -49,6 +49,32 @@ def class_aware_order(labels: list[int], group: int, seed: int, epoch: int) -> l
     return [i for g in groups for i in g]
 
 
+LENGTH_WINDOW = 64
+"""group_by_length sorts windows of this many global batches by length before cutting them into batches."""
+
+
+def length_grouped(order: list[int], lengths: list[int], global_batch: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's order rearranged so that each global batch holds texts of similar length.
+
+    Windows of LENGTH_WINDOW global batches are sorted by length and cut into global batches, whose order is
+    then shuffled (the last, shorter one stays last, so that BatchPlan's cut still falls between batches).
+    Random SNIPS batches of 16 carry 1.64 padded tokens per real token; grouped, 1.02.
+    """
+    window = global_batch * LENGTH_WINDOW
+    batches = []
+    for start in range(0, len(order), window):
+        ranked = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [ranked[j : j + global_batch] for j in range(0, len(ranked), global_batch)]
+    tail = [batches.pop()] if batches and len(batches[-1]) < global_batch else []
+    random.Random(seed * 1_000_033 + epoch).shuffle(batches)
+    return [i for batch in batches + tail for i in batch]
+
+
+def word_counts(texts: list[str]) -> list[int]:
+    """Whitespace words per text: the length proxy of group_by_length."""
+    return [len(t.split()) for t in texts]
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """How an epoch's items become optimiser steps: global batch = micro x world x accumulation."""

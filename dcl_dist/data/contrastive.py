@@ -7,7 +7,17 @@ import random
 
 from dcl_dist.config import Config
 from dcl_dist.data.balance import Entry, class_ratios, corrected_entries, corrected_sizes, make_pairs
-from dcl_dist.data.batching import ClCollate, Noise, PairCollate, TextSource, Tokenize, class_aware_order, epoch_order
+from dcl_dist.data.batching import (
+    ClCollate,
+    Noise,
+    PairCollate,
+    TextSource,
+    Tokenize,
+    class_aware_order,
+    epoch_order,
+    length_grouped,
+    word_counts,
+)
 from dcl_dist.data.splits import TextSet, class_counts
 
 
@@ -31,8 +41,18 @@ def correction(cfg: Config, train: TextSet, n_classes: int) -> tuple[list[Entry]
 class ContrastiveBatches:
     """Each epoch's contrastive items and collator; with_dae adds the denoising inputs (joint phase)."""
 
-    def __init__(self, cfg: Config, train: TextSet, entries: list[Entry], tokenize: Tokenize, with_dae: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        train: TextSet,
+        entries: list[Entry],
+        tokenize: Tokenize,
+        global_batch: int,
+        with_dae: bool = False,
+    ):
         self.cfg, self.entries, self.tokenize, self.with_dae = cfg, entries, tokenize, with_dae
+        self.global_batch = global_batch
+        self.words = word_counts(train.texts)
         self.source = TextSource(train.texts, train.levels, train.ids)
         self.noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio, cfg.cl.copy_stopword_deletion, cfg.cl.copy_min_words)
         self.n_items = len(entries)
@@ -44,7 +64,12 @@ class ContrastiveBatches:
         seed = self.cfg.run.seed
         if self.cfg.cl.mode == "pair":
             pairs = make_pairs([e.index for e in self.entries], random.Random(seed * 1_000_003 + epoch))
-            return PairCollate(inner, pairs), list(range(len(pairs)))
+            order = list(range(len(pairs)))
+            if self.cfg.data.group_by_length:
+                # a pair's loss does not depend on its batch mates: grouping pairs by length changes nothing else
+                lengths = [max(self.words[self.entries[a].index], self.words[self.entries[b].index]) for a, b in pairs]
+                order = length_grouped(order, lengths, self.global_batch, seed, epoch)
+            return PairCollate(inner, pairs), order
         if self.cfg.cl.batching == "class_aware":
             labels = [self.source.levels[e.index][0] for e in self.entries]
             return inner, class_aware_order(labels, self.cfg.cl.examples_per_class, seed, epoch)

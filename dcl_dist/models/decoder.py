@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from dcl_dist.losses.reconstruction import token_cross_entropy
+
 
 class DecoderError(ValueError):
     """The base model's architecture has no decoder with cross-attention."""
@@ -65,7 +67,7 @@ def lm_head(decoder: nn.Module) -> nn.Module:
 
 
 class TsdaeDecoder(nn.Module):
-    """Reconstructs the clean text from one sentence vector; logits only where there is a token to predict."""
+    """Reconstructs the clean text from one sentence vector; vocabulary logits only where there is a token."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
@@ -77,19 +79,16 @@ class TsdaeDecoder(nn.Module):
         decoder_input_ids: torch.Tensor,
         decoder_attention_mask: torch.Tensor,
         decoder_labels: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sentence (batch, hidden) -> (logits (n_tokens, vocab), targets (n_tokens,)) over non-pad positions."""
-        memory = sentence.unsqueeze(1)  # the decoder's only memory: (batch, 1, hidden)
+    ) -> torch.Tensor:
+        """sentence (batch, hidden) -> token cross-entropy (batch, seq), 0 where the label is padding (-100)."""
         states = self.decoder.base_model(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
-            encoder_hidden_states=memory,
-            encoder_attention_mask=torch.ones(
-                memory.shape[:2], dtype=decoder_attention_mask.dtype, device=memory.device
-            ),
+            encoder_hidden_states=sentence.unsqueeze(1),  # the decoder's only memory: (batch, 1, hidden)
+            encoder_attention_mask=decoder_attention_mask.new_ones(sentence.shape[0], 1),
             use_cache=False,
         ).last_hidden_state
         keep = decoder_labels != -100
         # the vocabulary projection is the costliest layer here: skip the padded positions
-        logits = lm_head(self.decoder)(states[keep])
-        return logits, decoder_labels[keep]
+        losses = token_cross_entropy(lm_head(self.decoder)(states[keep]), decoder_labels[keep])
+        return losses.new_zeros(decoder_labels.shape).masked_scatter(keep, losses)

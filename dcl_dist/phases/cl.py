@@ -43,10 +43,10 @@ def run(ctx: PhaseContext) -> dict:
         log.info(
             "cl: imbalance %s: class sizes %s -> %s", cfg.cl.imbalance, record["counts"], record["corrected_counts"]
         )
-    contrast = ContrastiveBatches(cfg, train, entries, tokenize)
+    plan = batch_plan(cfg, phase)
+    contrast = ContrastiveBatches(cfg, train, entries, tokenize, plan.global_batch)
     n_levels = len(ctx.splits.label_names)
     loss_fn = contrastive_loss(cfg, n_levels)
-    plan = batch_plan(cfg, phase)
     steps_per_epoch = plan.steps(contrast.n_items)
     engine = ds.initialize(encoder, cfg, phase, loop.total_steps(cfg.cl, steps_per_epoch), encoder.hidden_size)
 

@@ -16,7 +16,7 @@ import torch
 from dcl_dist import dist
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, accumulation_steps
-from dcl_dist.data.batching import BatchPlan, Tokenize, make_loader
+from dcl_dist.data.batching import BatchPlan, Tokenize, epoch_order, length_grouped, make_loader
 from dcl_dist.data.splits import Splits, TextSet
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.losses.pair_cosine import InBatchCosineLoss, PairCosineLoss, all_pairs_cosine_mse, level_weights
@@ -103,6 +103,14 @@ def epoch_loader(
 ) -> torch.utils.data.DataLoader:
     """This rank's micro-batches of one epoch, from start_step, collated (in worker processes on a GPU host)."""
     return make_loader(plan.micro_batches(order, dist.rank(), start_step, steps), collate, num_workers(cfg))
+
+
+def shuffled_order(cfg: Config, plan: BatchPlan, lengths: list[int], epoch: int) -> list[int]:
+    """An epoch's order of n items (n = len(lengths)): a (seed, epoch) permutation, grouped by length if asked."""
+    order = epoch_order(len(lengths), cfg.run.seed, epoch)
+    if cfg.data.group_by_length:
+        order = length_grouped(order, lengths, plan.global_batch, cfg.run.seed, epoch)
+    return order
 
 
 def eval_batch_size(cfg: Config, phase: str) -> int:

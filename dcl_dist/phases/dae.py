@@ -10,7 +10,7 @@ from torch import nn
 
 from dcl_dist import engine as ds
 from dcl_dist import loop
-from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_targets, epoch_order
+from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_targets, word_counts
 from dcl_dist.data.splits import load_unlabelled
 from dcl_dist.evaluation import sharded_apply
 from dcl_dist.losses.reconstruction import ReconstructionLoss
@@ -26,6 +26,7 @@ from dcl_dist.phases.common import (
     resolve_max_length,
     save_artifact,
     seed_everything,
+    shuffled_order,
     truncation_note,
 )
 
@@ -47,8 +48,8 @@ class DaeModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, decoder_labels):
         sentence = self.encoder(input_ids, attention_mask)
-        logits, targets = self.decoder(sentence, decoder_input_ids, decoder_attention_mask, decoder_labels)
-        return self.loss(logits, targets)
+        token_losses = self.decoder(sentence, decoder_input_ids, decoder_attention_mask, decoder_labels)
+        return self.loss(token_losses, decoder_labels)
 
 
 def build_model(ctx: PhaseContext) -> tuple[DaeModel, object]:
@@ -78,8 +79,10 @@ def run(ctx: PhaseContext) -> dict:
     steps_per_epoch = plan.steps(len(source.texts))
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.dae, steps_per_epoch), model.encoder.hidden_size)
 
+    lengths = word_counts(source.texts)
+
     def batches(epoch: int, start: int, data_state=None):
-        order = epoch_order(len(source.texts), cfg.run.seed, epoch)
+        order = shuffled_order(cfg, plan, lengths, epoch)
         return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
 
     validation = ctx.splits.validation
@@ -93,15 +96,10 @@ def run(ctx: PhaseContext) -> dict:
         def loss_and_count(b):
             """Per text: (summed token cross-entropy, tokens)."""
             sentence = engine.module.encoder(b["input_ids"], b["attention_mask"])
-            logits, targets = engine.module.decoder(
+            token_losses = engine.module.decoder(
                 sentence, b["decoder_input_ids"], b["decoder_attention_mask"], b["decoder_labels"]
             )
-            per_token = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
-            rows = (b["decoder_labels"] != -100).nonzero()[:, 0]
-            zeros = per_token.new_zeros(b["input_ids"].shape[0])
-            return torch.stack(
-                [zeros.index_add(0, rows, per_token), zeros.index_add(0, rows, torch.ones_like(per_token))], dim=1
-            )
+            return torch.stack([token_losses.sum(1), (b["decoder_labels"] != -100).sum(1).float()], dim=1)
 
         sums = sharded_apply(loss_and_count, collate, len(validation), eval_batch_size(cfg, phase)).sum(0)
         return {"loss": float(sums[0] / sums[1].clamp(min=1))}

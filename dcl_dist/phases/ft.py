@@ -10,7 +10,7 @@ import logging
 
 from dcl_dist import dist, loop
 from dcl_dist import engine as ds
-from dcl_dist.data.batching import FtCollate, TextSource, Tokenize, epoch_order
+from dcl_dist.data.batching import FtCollate, TextSource, Tokenize, word_counts
 from dcl_dist.evaluation import classifier_metrics
 from dcl_dist.losses.classification import ClassificationLoss
 from dcl_dist.models.head import Classifier, ClassifierHead
@@ -24,6 +24,7 @@ from dcl_dist.phases.common import (
     resolve_max_length,
     save_artifact,
     seed_everything,
+    shuffled_order,
     truncation_note,
 )
 
@@ -50,8 +51,10 @@ def run(ctx: PhaseContext) -> dict:
     loss_fn = ClassificationLoss()
     eval_batch = eval_batch_size(cfg, phase)
 
+    lengths = word_counts(train.texts)
+
     def batches(epoch: int, start: int, data_state=None):
-        order = epoch_order(len(train), cfg.run.seed, epoch)
+        order = shuffled_order(cfg, plan, lengths, epoch)
         return epoch_loader(cfg, plan, order, start, steps_per_epoch, FtCollate(tokenize, source))
 
     def step_loss(eng, batch):

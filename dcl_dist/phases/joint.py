@@ -53,11 +53,11 @@ class JointModel(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         noisy = self.encoder(batch["dae_input_ids"], batch["dae_attention_mask"], depth=self.dae_depth)
-        logits, targets = self.decoder(
+        token_losses = self.decoder(
             noisy, batch["decoder_input_ids"], batch["decoder_attention_mask"], batch["decoder_labels"]
         )
         embeddings = self.encoder(batch["input_ids"], batch["attention_mask"])
-        l_dae = self.reconstruction(logits, targets)
+        l_dae = self.reconstruction(token_losses, batch["decoder_labels"])
         l_cl = self.contrastive(embeddings, batch["levels"])
         return self.dae_weight * l_dae + self.cl_weight * l_cl
 
@@ -87,8 +87,8 @@ def run(ctx: PhaseContext) -> dict:
 
     train = ctx.splits.train
     entries, record = correction(cfg, train, len(ctx.splits.classes))
-    contrast = ContrastiveBatches(cfg, train, entries, tokenize, with_dae=True)
     plan = batch_plan(cfg, phase)
+    contrast = ContrastiveBatches(cfg, train, entries, tokenize, plan.global_batch, with_dae=True)
     steps_per_epoch = plan.steps(contrast.n_items)
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
 

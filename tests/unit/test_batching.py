@@ -1,6 +1,6 @@
 from collections import Counter
 
-from dcl_dist.data.batching import BatchPlan, class_aware_order, epoch_order, even_shard
+from dcl_dist.data.batching import BatchPlan, class_aware_order, epoch_order, even_shard, length_grouped
 
 
 def global_steps(plan: BatchPlan, order, start=0):
@@ -53,3 +53,21 @@ def test_class_aware_order_groups_same_class():
     pairs = [order[i : i + 2] for i in range(0, 20, 2)]
     same = sum(labels[a] == labels[b] for a, b in pairs)
     assert same >= 8
+
+
+def test_length_grouping_keeps_every_item_and_groups_lengths():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 40) for _ in range(1000)]
+    order = epoch_order(1000, 3, 0)
+    grouped = length_grouped(order, lengths, 16, 3, 0)
+    assert sorted(grouped) == list(range(1000))
+    assert grouped == length_grouped(order, lengths, 16, 3, 0) != length_grouped(order, lengths, 16, 3, 1)
+
+    def padded(o):
+        return sum(max(lengths[i] for i in o[s : s + 16]) * len(o[s : s + 16]) for s in range(0, len(o), 16))
+
+    assert padded(grouped) < 0.8 * padded(order)
+    batch_means = [sum(lengths[i] for i in grouped[s : s + 16]) / 16 for s in range(0, 992, 16)]
+    assert batch_means != sorted(batch_means)  # the batches themselves come in random order

@@ -43,15 +43,15 @@ def test_decoder_is_causal_and_reads_the_sentence_vector(tiny_model):
     labels = torch.tensor([[2000, 2001, 2002, 2003, 102, -100]])
     sentence = torch.randn(1, encoder.hidden_size)
     with torch.no_grad():
-        logits, targets = tsdae(sentence, ids, mask, labels)
+        losses = tsdae(sentence, ids, mask, labels)
         changed = ids.clone()
         changed[0, 4] = 3000
-        logits2, _ = tsdae(sentence, changed, mask, labels)
-        logits3, _ = tsdae(sentence + 1.0, ids, mask, labels)
-    assert logits.shape == (5, decoder.config.vocab_size) and targets.tolist() == [2000, 2001, 2002, 2003, 102]
-    assert torch.allclose(logits[:4], logits2[:4])  # positions before the change do not see it
-    assert not torch.allclose(logits[4], logits2[4])
-    assert not torch.allclose(logits, logits3)  # the sentence vector is the memory
+        losses2 = tsdae(sentence, changed, mask, labels)
+        losses3 = tsdae(sentence + 1.0, ids, mask, labels)
+    assert losses.shape == (1, 6) and losses[0, 5] == 0 and (losses[0, :5] > 0).all()
+    assert torch.allclose(losses[0, :4], losses2[0, :4])  # positions before the change do not see it
+    assert not torch.allclose(losses[0, 4], losses2[0, 4])
+    assert not torch.allclose(losses, losses3)  # the sentence vector is the memory
 
 
 def test_artifact_round_trip_and_sentence_transformers(tmp_path, tiny_model):
