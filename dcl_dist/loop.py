@@ -47,8 +47,6 @@ class PhaseRun:
     select_metric: str | None = None
     """Metric (higher is better) whose best value is kept in <phase>/best and ends training after `patience`."""
     patience: int | None = None
-    samples_per_item: int = 1
-    """Examples per batch row (2 in pair mode), for samples/s."""
 
 
 @dataclass
@@ -196,7 +194,7 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
                 engine.step()
                 loss_sum += loss.detach().float()
                 rows = next(v for k, v in batch.items() if k.endswith("input_ids")).shape[0]
-                samples += rows * run.samples_per_item
+                samples += rows  # texts embedded (a pair counts two)
                 tokens += int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
             state.step += 1
             state.step_in_epoch += 1

@@ -56,7 +56,6 @@ class ContrastiveBatches:
         self.source = TextSource(train.texts, train.levels, train.ids)
         self.noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio, cfg.cl.copy_stopword_deletion, cfg.cl.copy_min_words)
         self.n_items = len(entries)
-        self.samples_per_item = 2 if cfg.cl.mode == "pair" else 1
 
     def collate_and_order(self, epoch: int):
         """(collator, item order) of an epoch; both depend only on (seed, epoch)."""

@@ -59,9 +59,7 @@ def run(ctx: PhaseContext) -> dict:
 
     evaluate = contrastive_evaluator(cfg, phase, lambda: engine.module, tokenize, ctx.splits.validation, n_levels)
     state = loop.train(
-        loop.PhaseRun(
-            phase, engine, steps_per_epoch, batches, step_loss, evaluate, samples_per_item=contrast.samples_per_item
-        ),
+        loop.PhaseRun(phase, engine, steps_per_epoch, batches, step_loss, evaluate),
         cfg,
         ctx.phase_dir(phase),
     )

@@ -100,15 +100,7 @@ def run(ctx: PhaseContext) -> dict:
         cfg, phase, lambda: engine.module.encoder, tokenize, ctx.splits.validation, n_levels
     )
     state = loop.train(
-        loop.PhaseRun(
-            phase,
-            engine,
-            steps_per_epoch,
-            batches,
-            lambda eng, b: eng(b),
-            evaluate,
-            samples_per_item=contrast.samples_per_item,
-        ),
+        loop.PhaseRun(phase, engine, steps_per_epoch, batches, lambda eng, b: eng(b), evaluate),
         cfg,
         ctx.phase_dir(phase),
     )
