@@ -120,6 +120,35 @@ class Logger:
             self.bar.close()
 
 
+PROJECTOR_MAX_POINTS = 2000
+"""Validation embeddings shown in TensorBoard's projector (a seeded subset beyond this)."""
+
+
+def log_embeddings(
+    run_dir: Path,
+    phase: str,
+    cfg: Config,
+    step: int,
+    vectors: torch.Tensor,
+    labels: list[str],
+    scalars: dict[str, float],
+) -> None:
+    """The encoder's validation embeddings (projector, with their labels) and diagnostics, on rank 0."""
+    if not dist.is_main() or not cfg.logging.tensorboard:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    keep = np.random.default_rng(cfg.run.seed).permutation(len(labels))[:PROJECTOR_MAX_POINTS]
+    keep.sort()
+    with SummaryWriter(str(run_dir / "tb" / phase)) as writer:
+        for k, v in scalars.items():
+            if math.isfinite(v):
+                writer.add_scalar(f"{phase}/embedding_{k}", v, step)
+        writer.add_embedding(
+            vectors[keep], metadata=[labels[i] for i in keep], tag=f"{phase}/validation", global_step=step
+        )
+
+
 def total_steps(p: PhaseConfig, steps_per_epoch: int) -> int:
     full = p.epochs * steps_per_epoch
     return min(full, p.max_steps) if p.max_steps is not None else full

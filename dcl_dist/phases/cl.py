@@ -17,6 +17,7 @@ from dcl_dist.phases.common import (
     batch_plan,
     contrastive_evaluator,
     contrastive_loss,
+    embedding_report,
     epoch_loader,
     load_start,
     report_trainable,
@@ -64,6 +65,7 @@ def run(ctx: PhaseContext) -> dict:
         ctx.phase_dir(phase),
     )
     truncation_note(tokenize, phase)
-    metrics = {"steps": state.step, "history": state.history, "imbalance_correction": record}
+    embedding = embedding_report(ctx, phase, engine.module, tokenize, state.step)
+    metrics = {"steps": state.step, "embedding": embedding, "history": state.history, "imbalance_correction": record}
     save_artifact(ctx, phase, engine, engine.module, tokenizer, tokenize.max_length, {"metrics": metrics})
     return metrics

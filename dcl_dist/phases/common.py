@@ -177,6 +177,27 @@ def truncation_note(tokenize: Tokenize, phase: str) -> None:
         )
 
 
+def embedding_report(ctx: PhaseContext, phase: str, encoder: torch.nn.Module, tokenize: Tokenize, step: int) -> dict:
+    """What the phase did to the representation: silhouette by class and kNN accuracy of the encoder output on
+    validation, logged to TensorBoard with the embeddings themselves (projector); every rank calls it."""
+    from dcl_dist.loop import log_embeddings
+
+    validation = ctx.splits.validation
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        diagnostics, vectors = encoder_diagnostics(
+            encoder, tokenize, validation.texts, validation.labels, eval_batch_size(ctx.cfg, phase)
+        )
+    encoder.train(was_training)
+    names = [ctx.splits.classes[i] for i in validation.labels]
+    log_embeddings(ctx.run_dir, phase, ctx.cfg, step, vectors, names, diagnostics)
+    if dist.is_main():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in diagnostics.items())
+        log.info("%s: validation embeddings by class: %s", phase, shown)
+    return diagnostics
+
+
 def contrastive_loss(cfg: Config, n_levels: int) -> torch.nn.Module:
     """The loss phase cl (and the joint phase) minimises, from cl.mode and cl.loss."""
     weights = level_weights(n_levels, cfg.cl.level_weights)

@@ -19,6 +19,7 @@ from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.common import (
     PhaseContext,
     batch_plan,
+    embedding_report,
     epoch_loader,
     eval_batch_size,
     load_start,
@@ -110,6 +111,7 @@ def run(ctx: PhaseContext) -> dict:
         ctx.phase_dir(phase),
     )
     truncation_note(tokenize, phase)
-    metrics = {"steps": state.step, "history": state.history}
+    embedding = embedding_report(ctx, phase, engine.module.encoder, tokenize, state.step)
+    metrics = {"steps": state.step, "embedding": embedding, "history": state.history}
     save_artifact(ctx, phase, engine, engine.module.encoder, tokenizer, tokenize.max_length, {"metrics": metrics})
     return metrics

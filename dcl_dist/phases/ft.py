@@ -17,6 +17,7 @@ from dcl_dist.models.head import Classifier, ClassifierHead
 from dcl_dist.phases.common import (
     PhaseContext,
     batch_plan,
+    embedding_report,
     epoch_loader,
     eval_batch_size,
     load_start,
@@ -90,6 +91,7 @@ def run(ctx: PhaseContext) -> dict:
             engine.module, tokenize, test.texts, test.labels, classes, eval_batch, full=True
         )
     truncation_note(tokenize, phase)
+    metrics["embedding"] = embedding_report(ctx, phase, engine.module.encoder, tokenize, state.step)
     if dist.is_main():
         v = metrics["validation"]
         log.info(

@@ -28,6 +28,9 @@ def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_
     assert list(metrics["phases"]) == list(VARIANTS[variant])
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["n"] > 0
     for phase in VARIANTS[variant]:
+        embedding = metrics["phases"][phase]["embedding"]
+        assert -1.0 <= embedding["silhouette"] <= 1.0 and 0.0 <= embedding["knn_accuracy"] <= 1.0
+        assert (run_dir / "tb" / phase / "projector_config.pbtxt").is_file()
         meta = json.loads((run_dir / phase / "artifact" / "dcl_dist.json").read_text())
         assert meta["phase"] == phase
         assert [p["phase"] for p in meta["lineage"]] == list(VARIANTS[variant][: VARIANTS[variant].index(phase) + 1])
