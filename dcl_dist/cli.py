@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
     from dcl_dist.data.sources import DataError
+    from dcl_dist.loop import TrainingError
     from dcl_dist.models.artifact import ArtifactError
 
     try:
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ArtifactError) as e:
         print(f"dcl-dist: error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"dcl-dist: training stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

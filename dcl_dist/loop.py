@@ -23,8 +23,17 @@ from dcl_dist.config import Config, PhaseConfig
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingError(RuntimeError):
+    """Training cannot go on (out of memory, a NaN loss): the message names the step and what to change."""
+
+
+class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
 
 
 @dataclass
@@ -212,22 +221,28 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     while not stop and state.step < steps and state.epoch < p.epochs:
         micro_batches = iter(run.batches(state.epoch, state.step_in_epoch, data_state))
         while state.step_in_epoch < run.steps_per_epoch and state.step < steps:
-            loss_sum = torch.zeros((), device=device)
-            samples = tokens = 0
+            sums = torch.zeros(2, device=device)  # loss, real tokens: read once per step (one device sync)
+            samples = 0
             for _ in range(accumulation):
                 batch = next(micro_batches)
                 data_state = batch.pop("data_state", data_state)
                 batch = to_device(batch, device)
-                loss = run.loss(engine, batch)
-                engine.backward(loss)
-                engine.step()
-                loss_sum += loss.detach().float()
-                rows = next(v for k, v in batch.items() if k.endswith("input_ids")).shape[0]
-                samples += rows  # texts embedded (a pair counts two)
-                tokens += int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
+                try:
+                    loss = run.loss(engine, batch)
+                    engine.backward(loss)
+                    engine.step()
+                except RuntimeError as e:
+                    if not is_out_of_memory(e):
+                        raise
+                    logger.close()
+                    raise out_of_memory(run.name, p, state.step + 1, dist.world_size(), accumulation) from None
+                sums[0] += loss.detach().float()
+                sums[1] += sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask"))
+                samples += next(v for k, v in batch.items() if k.endswith("input_ids")).shape[0]  # a pair: two
             state.step += 1
             state.step_in_epoch += 1
-            total_loss, total_samples, total_tokens = dist.sum_floats(loss_sum.item(), samples, tokens)
+            loss_sum, tokens = sums.tolist()
+            total_loss, total_samples, total_tokens = dist.sum_floats(loss_sum, samples, tokens)
             mean_loss = total_loss / (accumulation * dist.world_size())
             if not math.isfinite(mean_loss):
                 logger.close()
@@ -269,6 +284,18 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     checkpoint()
     logger.close()
     return state
+
+
+def out_of_memory(phase: str, p: PhaseConfig, step: int, world: int, accumulation: int) -> TrainingError:
+    """The message for a step that ran out of memory: a smaller micro-batch with the same global batch."""
+    micro = p.micro_batch_size_per_rank
+    smaller = max(1, micro // 2)
+    global_batch = micro * world * accumulation
+    return TrainingError(
+        f"phase {phase}: out of memory at step {step} with {phase}.micro_batch_size_per_rank={micro}. Try"
+        f" {phase}.micro_batch_size_per_rank={smaller} {phase}.global_batch_size={global_batch} (the same global"
+        " batch, more accumulation), a shorter model.max_length, or deepspeed.zero_stage=3 / deepspeed.offload"
+    )
 
 
 def load_best(engine, phase_dir: Path) -> bool:

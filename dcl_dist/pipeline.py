@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dcl_dist import dist
 from dcl_dist.config import Config, ConfigError, check_world, dump_yaml, to_dict
+from dcl_dist.data.sources import DataError
 from dcl_dist.data.splits import Splits, load_splits
 from dcl_dist.models.artifact import is_complete, read_meta
 from dcl_dist.phases import cl, dae, ft, joint
@@ -108,6 +109,12 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
         raise ConfigError(problems)
     run_dir = prepare_run_dir(cfg)
     splits = splits or load_splits(cfg)
+    if len(splits.classes) < 2 and only_phase != "dae":
+        raise DataError(
+            f"train split {cfg.data.train} has a single class ({splits.classes[0]}): phase cl cannot contrast classes"
+            " and a classifier has nothing to choose from: add examples of other classes (phase dae alone runs"
+            " without labels: --phase dae)"
+        )
     source, lineage = cfg.model.name_or_path, []
     for phase in phases:
         phase_dir = run_dir / phase

@@ -1,0 +1,59 @@
+"""The training loop's own failures: a NaN loss and running out of memory end in one message naming the step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dcl_dist import engine as ds
+from dcl_dist import loop
+from dcl_dist.config import load_config
+
+
+def tiny_run(tmp_path, loss_at_step):
+    cfg = load_config(None, [f"run.dir={tmp_path}", f"data.train={__file__}", "ft.micro_batch_size_per_rank=2",
+                             "ft.epochs=1", "logging.progress_bar=false", "logging.tensorboard=false",
+                             "checkpoint.every_steps=2"])
+    model = torch.nn.Linear(4, 2)
+    engine = ds.initialize(model, cfg, "ft", total_steps=10, hidden_size=4)
+    calls = {"n": 0}
+
+    def batches(epoch, start, data_state=None):
+        for _ in range(start, 10):
+            yield {"input_ids": torch.randn(2, 4), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+
+    def step_loss(eng, batch):
+        calls["n"] += 1
+        return loss_at_step(calls["n"], eng(batch["input_ids"]).sum())
+
+    return loop.PhaseRun("ft", engine, 10, batches, step_loss), cfg
+
+
+def test_nan_loss_names_the_step_and_the_last_good_checkpoint(tmp_path):
+    run, cfg = tiny_run(tmp_path, lambda n, loss: loss * float("nan") if n == 5 else loss)
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 5\. The last good checkpoint is .*step_00000004"):
+        loop.train(run, cfg, tmp_path / "ft")
+    assert (tmp_path / "ft" / "checkpoints" / "step_00000004" / "complete.json").is_file()
+
+
+def test_out_of_memory_names_a_micro_batch_that_keeps_the_global_batch(tmp_path):
+    def oom(n, loss):
+        if n == 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return loss
+
+    run, cfg = tiny_run(tmp_path, oom)
+    with pytest.raises(loop.TrainingError) as err:
+        loop.train(run, cfg, tmp_path / "ft")
+    message = str(err.value)
+    assert "out of memory at step 3" in message
+    assert "ft.micro_batch_size_per_rank=1 ft.global_batch_size=2" in message
+
+
+def test_other_errors_pass_through(tmp_path):
+    def broken(n, loss):
+        raise RuntimeError("shape mismatch")
+
+    run, cfg = tiny_run(tmp_path, broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        loop.train(run, cfg, tmp_path / "ft")
