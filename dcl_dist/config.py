@@ -15,6 +15,7 @@ import glob
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import types
 import typing
@@ -337,9 +338,17 @@ def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
         out = _Located()
         out.lines = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.MarkedYAMLError(problem="a key must be a plain name", problem_mark=key_node.start_mark)
+            key = str(loader.construct_object(key_node, deep=True))
+            if key in out:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key '{key}' appears twice (lines {out.lines[key]} and {line}); keep one",
+                    problem_mark=key_node.start_mark,
+                )
             out[key] = _construct(value_node, loader)
-            out.lines[str(key)] = key_node.start_mark.line + 1
+            out.lines[key] = line
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(n, loader) for n in node.value]
@@ -354,16 +363,19 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
         raise ConfigError([f"config file {path} does not exist: check the path given to --config"]) from None
     except UnicodeDecodeError as e:
         raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): save the file as UTF-8"]) from None
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         data = _construct(node, loader) if node is not None else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: not valid YAML ({getattr(e, 'problem', e)}): fix the syntax there"]) from None
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{where}: not valid YAML ({problem}): fix the syntax there"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections (run:, model:, data:, ...)"])
     where: dict[str, str] = {}
@@ -445,13 +457,13 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is float:
         if isinstance(value, bool):
             return False, value
-        if isinstance(value, (int, float)):
-            return True, float(value)
         if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
             try:
-                return True, float(value)
+                value = float(value)
             except ValueError:
                 return False, value
+        if isinstance(value, (int, float)):
+            return math.isfinite(value), float(value)  # nan and inf are no settings
         return False, value
     if hint is str:
         return isinstance(value, str), value

@@ -148,3 +148,20 @@ def test_shipped_configs_load(path, monkeypatch):
         pytest.skip("shared data not present")
     cfg = load_config(path)
     assert cfg.phases()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("run:\n  seed: 1\n  seed: 2\n", "c.yaml:3: not valid YAML (key 'seed' appears twice (lines 2 and 3)"),
+        ("? [a]\n: 1\n", "c.yaml:1: not valid YAML (a key must be a plain name)"),
+        ("cl:\n  lr: .nan\n", "c.yaml:2: 'cl.lr' must be float, got nan"),
+        ("\x0c", "not valid YAML"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+    ],
+)
+def test_malformed_yaml_is_one_clear_problem(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    (problem,) = problems_of([f"data.train={TRAIN}"], path)
+    assert expected in problem

@@ -11,9 +11,18 @@ from dcl_dist.config import load_config
 
 
 def tiny_run(tmp_path, loss_at_step):
-    cfg = load_config(None, [f"run.dir={tmp_path}", f"data.train={__file__}", "ft.micro_batch_size_per_rank=2",
-                             "ft.epochs=1", "logging.progress_bar=false", "logging.tensorboard=false",
-                             "checkpoint.every_steps=2"])
+    cfg = load_config(
+        None,
+        [
+            f"run.dir={tmp_path}",
+            f"data.train={__file__}",
+            "ft.micro_batch_size_per_rank=2",
+            "ft.epochs=1",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "checkpoint.every_steps=2",
+        ],
+    )
     model = torch.nn.Linear(4, 2)
     engine = ds.initialize(model, cfg, "ft", total_steps=10, hidden_size=4)
     calls = {"n": 0}

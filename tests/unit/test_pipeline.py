@@ -10,8 +10,9 @@ from dcl_dist.pipeline import run_variant
 def one_class_config(tmp_path, tiny_model, *extra):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": f"text {i}", "label": "only"}) + "\n" for i in range(20)))
-    return load_config(None, [f"run.dir={tmp_path / 'run'}", f"data.train={path}",
-                              f"model.name_or_path={tiny_model}", *extra])
+    return load_config(
+        None, [f"run.dir={tmp_path / 'run'}", f"data.train={path}", f"model.name_or_path={tiny_model}", *extra]
+    )
 
 
 def test_a_single_class_is_refused_before_training(tmp_path, tiny_model):
