@@ -123,6 +123,7 @@ class Tokenize:
     """Texts -> padded tensors (padding to the longest text of the batch); counts truncated texts."""
 
     def __init__(self, tokenizer, max_length: int):
+        tokenizer.padding_side = "right"  # the TSDAE decoder relies on it (models/decoder.py)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncated = 0

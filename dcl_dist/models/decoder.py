@@ -83,7 +83,9 @@ class TsdaeDecoder(nn.Module):
         """sentence (batch, hidden) -> token cross-entropy (batch, seq), 0 where the label is padding (-100)."""
         states = self.decoder.base_model(
             input_ids=decoder_input_ids,
-            attention_mask=decoder_attention_mask,
+            # causal attention with right padding: no real token sees a pad, so no padding mask is needed, and
+            # without one the attention kernel takes its plain causal path
+            attention_mask=None,
             encoder_hidden_states=sentence.unsqueeze(1),  # the decoder's only memory: (batch, 1, hidden)
             encoder_attention_mask=decoder_attention_mask.new_ones(sentence.shape[0], 1),
             use_cache=False,
