@@ -48,10 +48,10 @@ def _print_summary(metrics: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # before the heavy imports: a typo fails in a second
     from dcl_dist import dist
     from dcl_dist.pipeline import run_variant
 
-    cfg = load_config(args.config, args.overrides)
     try:
         metrics = run_variant(cfg, args.phase)
     finally:

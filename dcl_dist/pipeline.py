@@ -125,9 +125,10 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
             if dist.is_main():
                 log.info("%s: finished earlier (%s), skipped", phase, artifact)
         elif only_phase is not None and phase != only_phase:
+            before = ", ".join(phases[: phases.index(only_phase)])
             raise ConfigError(
                 [
-                    f"--phase {only_phase} starts from phase {phase}'s artifact, and {artifact} does not exist:"
+                    f"--phase {only_phase} needs the artifacts of {before}, and {artifact} does not exist:"
                     f" run --phase {phase} first, or the whole variant without --phase"
                 ]
             )
