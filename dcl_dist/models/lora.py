@@ -12,6 +12,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import peft
 import torch
@@ -85,13 +86,20 @@ def resolve_targets(model_type: str, configured: str | list[str]) -> list[str]:
 
 def target_problems(name_or_path: str, configured: str | list[str]) -> list[str]:
     """Why lora.target_modules does not fit the base model (empty when it does, or when its config is unreadable)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError):
         return []  # not reachable now: loading the model reports it
-    with torch.device("meta"):  # the module tree without allocating a weight
+    return config_target_problems(config, configured, name_or_path)
+
+
+def config_target_problems(config: Any, configured: str | list[str], name: str) -> list[str]:
+    """target_problems for a model config: its module tree is built on the meta device (no weights)."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
         backbone = AutoModel.from_config(config)
     names = linear_names(backbone)
     short = sorted({n.rsplit(".", 1)[-1] for n in names})
@@ -103,7 +111,7 @@ def target_problems(name_or_path: str, configured: str | list[str]) -> list[str]
     unknown = [t for t in resolve_targets(config.model_type, configured) if not any(_matches(n, t) for n in names)]
     if unknown:
         return [
-            f"names {', '.join(unknown)}, which match no Linear layer of {name_or_path}"
+            f"names {', '.join(unknown)}, which match no Linear layer of {name}"
             f" ({config.model_type}): use some of {', '.join(short)}"
         ]
     return []
