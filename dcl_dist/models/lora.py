@@ -247,7 +247,7 @@ def write_adapter(folder: Path, adapter: Adapter) -> None:
 def read_adapter(folder: Path) -> Adapter:
     """An adapter folder (ours or any peft LoRA folder) back as config and weights."""
     config = peft.LoraConfig.from_pretrained(str(folder))
-    weights = load_file(str(folder / ADAPTER_WEIGHTS))
+    weights = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
     return Adapter(config, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})
 
 
