@@ -57,7 +57,7 @@ def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int,
     from dcl_dist import dist
     from dcl_dist import engine as ds
     from dcl_dist.config import load_config
-    from dcl_dist.losses.pair_cosine import InBatchCosineLoss
+    from dcl_dist.losses.pair_cosine import InBatchCosineLoss, level_weights
     from dcl_dist.models.head import Classifier, ClassifierHead
     from dcl_dist.phases import dae
     from dcl_dist.phases.common import PhaseContext, load_start, report_trainable
@@ -78,22 +78,23 @@ def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int,
     torch.manual_seed(0)
     if phase == "dae":
         model, _ = dae.build_model(ctx)
-        hidden = model.encoder.hidden_size
+        encoder = model.encoder
     else:
         encoder, _ = load_start(ctx, phase)
-        hidden = encoder.hidden_size
         if phase == "cl":
             encoder.add_dense()
-            model, loss_fn = encoder, InBatchCosineLoss([1.0])
+            model, loss_fn = encoder, InBatchCosineLoss(level_weights(1, None))
         else:
-            model, loss_fn = Classifier(encoder, ClassifierHead(hidden, 256, N_CLASSES)), torch.nn.CrossEntropyLoss()
+            head = ClassifierHead(encoder.hidden_size, 256, N_CLASSES)
+            model, loss_fn = Classifier(encoder, head), torch.nn.CrossEntropyLoss()
     trainable, total = report_trainable(model, phase)
-    engine = ds.initialize(model, cfg, phase, total_steps=warmup + steps, hidden_size=hidden)
+    engine = ds.initialize(model, cfg, phase, total_steps=warmup + steps, hidden_size=encoder.hidden_size)
+    vocab = encoder.backbone.config.vocab_size
     device = dist.device()
     gen = torch.Generator().manual_seed(1)
 
     def ids(length: int) -> torch.Tensor:
-        return torch.randint(3, ROBERTA_BASE["vocab_size"], (micro_batch, length), generator=gen).to(device)
+        return torch.randint(3, vocab, (micro_batch, length), generator=gen).to(device)
 
     def step() -> None:
         mask = torch.ones(micro_batch, seq_len, dtype=torch.long, device=device)
@@ -161,10 +162,13 @@ def main() -> None:
                     check=False,
                 )
                 if proc.returncode != 0:
-                    sys.exit(f"{phase} with LoRA {lora} failed:\n{proc.stderr[-4000:]}")
+                    print(f"{phase} with LoRA {lora} failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+                    continue
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
                 print(f"  {phase} LoRA {lora}: done", file=sys.stderr)
 
+    if not rows:
+        sys.exit("every measurement failed")
     gpu = rows[0]["peak_gpu_gib"] is not None
     print(
         f"RoBERTa-base shape, random init; micro-batch {args.micro_batch} x {args.seq_len} tokens;"
