@@ -1,9 +1,10 @@
-"""dcl-dist: train | evaluate | predict | plan | keys.
+"""dcl-dist: train | evaluate | predict | export | plan | keys.
 
 dcl-dist train --config configs/quickstart.yaml [--phase cl] [key=value ...]
 deepspeed --num_gpus 8 $(which dcl-dist) train --config X    # the same, on 8 ranks
 dcl-dist evaluate --model runs/x/ft/artifact --data test.jsonl
 dcl-dist predict --model runs/x/ft/artifact --input texts.txt --output predictions.jsonl
+dcl-dist export --run runs/x --to adapter|merged|sentence-transformers [--out DIR]
 """
 
 from __future__ import annotations
@@ -116,6 +117,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from dcl_dist.export import export
+
+    out = export(Path(args.run), args.to, Path(args.out) if args.out else None, args.phase)
+    print(f"{args.to}: {out}")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from dcl_dist.config import accumulation_steps, check_world, dump_yaml
 
@@ -171,12 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="labels and class probabilities for new texts")
-    predict.add_argument("--model", required=True, help="an artifact folder with a head (a run's ft/artifact)")
+    predict.add_argument(
+        "--model", required=True, help="a folder with a head: a run's ft/artifact or any form dcl-dist export writes"
+    )
     predict.add_argument("--input", required=True, help="jsonl / csv (text field) or .txt (one text per line)")
     predict.add_argument("--output", help="jsonl to write (default: standard output)")
     predict.add_argument("--text-field", default="text")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser(
+        "export", help="a run's model as a peft adapter, a merged model or a sentence-transformers folder"
+    )
+    export.add_argument("--run", required=True, help="the run directory (run.dir)")
+    export.add_argument(
+        "--to",
+        required=True,
+        choices=["adapter", "merged", "sentence-transformers"],
+        help="adapter: a peft adapter folder on the base model (+ dense layers, head); merged: the model with its"
+        " adapters merged in; sentence-transformers: the same folder, for SentenceTransformer(...)",
+    )
+    export.add_argument("--out", help="folder to write (default: <run>/export/<form>)")
+    export.add_argument("--phase", choices=["dae", "cl", "ft", "joint"], help="export this phase (default: the last)")
+    export.set_defaults(func=cmd_export)
 
     plan = sub.add_parser("plan", help="print the resolved config and each phase's batch arithmetic")
     plan.add_argument("--config", required=True)

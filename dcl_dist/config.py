@@ -19,6 +19,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -212,6 +213,24 @@ class CheckpointConfig:
 
 
 @dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train LoRA adapters on the backbone instead of all its weights, in the phases of lora.phases (peft)."""
+    r: int = 8
+    """Rank of each adapter: a target Linear(in, out) gets r x (in + out) trainable parameters."""
+    alpha: float = 16.0
+    """Adapter scaling: the weight update is (alpha / r) x B A."""
+    dropout: float = 0.05
+    """Dropout on each adapter's input (training only)."""
+    target_modules: Literal["auto"] | list[str] = "auto"
+    """Linear layers that get an adapter, by name or dotted suffix; auto: the model type's attention query and value."""
+    phases: list[Literal["dae", "cl", "ft", "joint"]] = field(default_factory=lambda: ["dae", "cl", "ft", "joint"])
+    """Phases that train adapters; the others train every backbone weight."""
+    merge_between_phases: bool = True
+    """true: merge each phase's adapter into the weights and start a new one; false: carry one adapter on."""
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     """Write TensorBoard events under <run.dir>/tb."""
@@ -237,6 +256,8 @@ class Config:
     """Joint variant: L_DAE + L_CL in one phase."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """DeepSpeed ZeRO, offload and precision."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning of the backbone."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Resumable checkpoints."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -594,11 +615,40 @@ def _check_ranges(cfg: Config, where: dict[str, str], failed: set[str]) -> list[
         bad("deepspeed.offload", "optimizer_and_params needs deepspeed.zero_stage: 3")
     if cfg.deepspeed.config_file is not None and not Path(cfg.deepspeed.config_file).is_file():
         bad("deepspeed.config_file", f"{cfg.deepspeed.config_file} does not exist: fix the path or set it to null")
+    _check_lora(cfg, bad)
     if cfg.checkpoint.every_steps < 1:
         bad("checkpoint.every_steps", "must be at least 1")
     if cfg.checkpoint.keep_last < 1:
         bad("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume needs)")
     return problems
+
+
+def _check_lora(cfg: Config, bad: Callable[[str, str], None]) -> None:
+    """The lora section's checks; the target modules are checked against the base model's Linear layers."""
+    lora = cfg.lora
+    if lora.r < 1:
+        bad("lora.r", f"is {lora.r}: the adapter rank must be at least 1, e.g. 8")
+    if lora.alpha <= 0:
+        bad("lora.alpha", f"is {lora.alpha}: it must be > 0, e.g. 2 x lora.r")
+    if not 0.0 <= lora.dropout < 1.0:
+        bad("lora.dropout", f"is {lora.dropout}: it must be in [0, 1), e.g. 0.05")
+    if not lora.enabled:
+        return
+    if not set(lora.phases) & set(cfg.phases()):
+        bad(
+            "lora.phases",
+            f"{lora.phases} has no phase of run.variant {cfg.run.variant} ({', '.join(cfg.phases())}):"
+            " list the phases that should train adapters",
+        )
+    if cfg.ft.freeze_encoder and "ft" in lora.phases and "ft" in cfg.phases():
+        bad("ft.freeze_encoder", "freezes the LoRA adapters of phase ft: set it to false, or drop ft from lora.phases")
+    if lora.target_modules == []:
+        bad("lora.target_modules", "is empty: name the Linear layers to adapt, or use auto")
+        return
+    from dcl_dist.models.lora import target_problems
+
+    for problem in target_problems(cfg.model.name_or_path, lora.target_modules):
+        bad("lora.target_modules", problem)
 
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".txt")

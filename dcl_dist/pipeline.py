@@ -38,6 +38,8 @@ def phase_settings(cfg: Config, phases: tuple[str, ...], upto: str) -> dict:
     for phase in out["phases"]:
         for section in PHASE_SECTIONS[phase]:
             out[section] = full[section]
+    if cfg.lora.enabled:  # only then: run directories from before the lora section stay valid
+        out["lora"] = full["lora"]
     return out
 
 
@@ -141,7 +143,7 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
             PHASES[phase](PhaseContext(cfg, run_dir, splits, source, lineage))
             if dist.is_main():
                 (run_dir / METRICS_FILE).write_text(json.dumps(collect_metrics(run_dir, cfg), indent=2))
-        lineage = lineage + [{"phase": phase, "artifact": str(artifact)}]
+        lineage = lineage + [{**read_meta(artifact)["lineage"][-1], "artifact": str(artifact)}]
         source = str(artifact)
         if phase == only_phase:
             break

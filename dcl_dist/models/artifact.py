@@ -3,19 +3,25 @@
 ```
 artifact/
   config.json, model.safetensors, tokenizer files   the backbone (transformers' save_pretrained)
-  modules.json, sentence_bert_config.json          sentence-transformers: Transformer -> Pooling -> Dense...
+  modules.json, sentence_bert_config.json,         sentence-transformers: Transformer -> Pooling -> Dense...
+  config_sentence_transformers.json                 (cosine similarity)
   1_Pooling/config.json, 2_Dense/..., 3_Dense/...   (Dense: linear.weight / linear.bias, tanh)
   head/model.safetensors                            the classifier head (phase ft only)
   dcl_dist.json                                     phase, pooling, dense layers, labels, head, lineage
+  adapter/                                          LoRA phases: a peft adapter folder (the backbone above is
+                                                    that adapter merged into meta["lora"]["base"])
 ```
+The adapter form (`dcl-dist export --to adapter`) has the peft adapter files at the top instead of the backbone.
 A folder appears under its final name only once complete (written beside it, then renamed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,21 @@ from transformers import AutoTokenizer
 
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
 from dcl_dist.models.head import ClassifierHead
+from dcl_dist.models.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    Adapter,
+    empty_tensors,
+    has_adapter,
+    load_adapter,
+    merged_state_dict,
+    read_adapter,
+    write_adapter,
+)
 
 META_FILE = "dcl_dist.json"
+ADAPTER_DIR = "adapter"
+"""Subfolder of an artifact trained with LoRA: the adapter that gives its weights on meta["lora"]["base"]."""
 FORMAT_VERSION = 1
 TANH = "torch.nn.modules.activation.Tanh"
 
@@ -53,6 +72,29 @@ def _state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
+@contextlib.contextmanager
+def _building(path: Path) -> Iterator[Path]:
+    """A folder written beside `path` that takes its name only once complete."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    yield partial
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(partial, path)
+
+
+def _refuse_empty(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    empty = empty_tensors(tensors)
+    if empty:
+        raise ArtifactError(
+            f"{path}: refusing to write {len(empty)} tensors with a zero dimension ({', '.join(empty[:3])}):"
+            " these are ZeRO-3 partitions that were not gathered; write inside engine.full_parameters"
+        )
+
+
 def write_artifact(
     path: Path,
     encoder: SentenceEncoder,
@@ -60,20 +102,73 @@ def write_artifact(
     meta: dict,
     max_length: int,
     head: ClassifierHead | None = None,
+    adapter: Adapter | None = None,
 ) -> None:
-    """Write an artifact folder atomically (call on rank 0, inside engine.full_parameters under ZeRO-3)."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    encoder.backbone.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
+    """Write an artifact folder atomically (call on rank 0, inside engine.full_parameters under ZeRO-3).
+
+    A LoRA backbone is saved with its adapter merged in, so the folder stays a plain model; `adapter` (the
+    adapter that gives these weights on adapter.base) goes to adapter/ beside it.
+    """
+    backbone = encoder.backbone
+    state = merged_state_dict(backbone) if has_adapter(backbone) else backbone.state_dict()
+    parts = _parts(encoder, head)
+    _refuse_empty(path, {**state, **_flat(parts)})
+    if adapter is not None:
+        _refuse_empty(path / ADAPTER_DIR, adapter.weights)
+    with _building(path) as partial:
+        backbone.save_pretrained(partial, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+        modules += _write_parts(partial, encoder, parts, meta, max_length, head)
+        (partial / "modules.json").write_text(json.dumps(modules, indent=2))
+        (partial / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2)
+        )
+        # the method trains cosine similarity (phase cl), so that is the similarity of its embeddings
+        (partial / "config_sentence_transformers.json").write_text(
+            json.dumps({"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}, indent=2)
+        )
+        if adapter is not None:
+            write_adapter(partial / ADAPTER_DIR, adapter)
+
+
+def write_adapter_artifact(
+    path: Path,
+    encoder: SentenceEncoder,
+    tokenizer: Any,
+    meta: dict,
+    max_length: int,
+    head: ClassifierHead | None,
+    adapter: Adapter,
+) -> None:
+    """The adapter form: a standard peft adapter folder (on adapter.base), plus pooling, dense layers and head."""
+    parts = _parts(encoder, head)
+    _refuse_empty(path, {**adapter.weights, **_flat(parts)})
+    with _building(path) as partial:
+        write_adapter(partial, adapter)
+        tokenizer.save_pretrained(partial)
+        _write_parts(partial, encoder, parts, meta, max_length, head)
+
+
+def _parts(encoder: SentenceEncoder, head: ClassifierHead | None) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights beside the backbone, by the file they go to: each Dense layer, the head."""
+    parts = {f"{i + 2}_Dense": _state_cpu(layer) for i, layer in enumerate(encoder.dense)}
+    if head is not None:
+        parts["head"] = _state_cpu(head)
+    return parts
+
+
+def _flat(parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{part}/{name}": t for part, state in parts.items() for name, t in state.items()}
+
+
+def _write_parts(
+    folder: Path, encoder: SentenceEncoder, parts: dict, meta: dict, max_length: int, head: ClassifierHead | None
+) -> list[dict]:
+    """Pooling, dense layers, head and dcl_dist.json; returns the sentence-transformers modules after the backbone."""
     hidden = encoder.hidden_size
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-    pooling_dir = partial / "1_Pooling"
-    pooling_dir.mkdir()
-    (pooling_dir / "config.json").write_text(
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
         json.dumps(
             {
                 "word_embedding_dimension": hidden,
@@ -85,18 +180,15 @@ def write_artifact(
             indent=2,
         )
     )
-    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
-    for i, layer in enumerate(encoder.dense):
-        sub = f"{i + 2}_Dense"
-        (partial / sub).mkdir()
-        config = {"in_features": hidden, "out_features": hidden, "bias": True, "activation_function": TANH}
-        (partial / sub / "config.json").write_text(json.dumps(config, indent=2))
-        save_file(_state_cpu(layer), str(partial / sub / "model.safetensors"))
-        modules.append({"idx": i + 2, "name": str(i + 2), "path": sub, "type": "sentence_transformers.models.Dense"})
-    (partial / "modules.json").write_text(json.dumps(modules, indent=2))
-    (partial / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=2)
-    )
+    modules = [{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    for name, state in parts.items():
+        (folder / name).mkdir()
+        save_file(state, str(folder / name / "model.safetensors"))
+        if name.endswith("_Dense"):
+            config = {"in_features": hidden, "out_features": hidden, "bias": True, "activation_function": TANH}
+            (folder / name / "config.json").write_text(json.dumps(config, indent=2))
+            idx = int(name.split("_")[0])
+            modules.append({"idx": idx, "name": str(idx), "path": name, "type": "sentence_transformers.models.Dense"})
     full_meta = {
         **meta,
         "format": FORMAT_VERSION,
@@ -105,13 +197,8 @@ def write_artifact(
         "max_length": max_length,
         "head": head.config if head is not None else None,
     }
-    if head is not None:
-        (partial / "head").mkdir()
-        save_file(_state_cpu(head), str(partial / "head" / "model.safetensors"))
-    (partial / META_FILE).write_text(json.dumps(full_meta, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(partial, path)
+    (folder / META_FILE).write_text(json.dumps(full_meta, indent=2))
+    return modules
 
 
 def read_meta(path: Path) -> dict:
@@ -132,23 +219,37 @@ def is_complete(path: Path) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
-def load_artifact(path: Path, attn_implementation: str = "sdpa") -> Artifact:
-    """An artifact folder back as encoder (+ head), tokenizer and metadata, on the CPU."""
+def load_artifact(path: Path, attn_implementation: str = "sdpa", backbone: torch.nn.Module | None = None) -> Artifact:
+    """An artifact folder (or an exported adapter folder) back as encoder (+ head), tokenizer and metadata, on the CPU.
+
+    backbone: use this one instead of the folder's (a phase that carries an adapter on starts from its base).
+    """
     path = Path(path)
     meta = read_meta(path)
-    needed = ["config.json", "modules.json"] + [f"{i + 2}_Dense/model.safetensors" for i in range(meta["dense_layers"])]
+    adapter_form = (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+    needed = [f"{i + 2}_Dense/model.safetensors" for i in range(meta["dense_layers"])]
     if meta.get("head") is not None:
         needed.append("head/model.safetensors")
+    if adapter_form:
+        needed.append(ADAPTER_WEIGHTS)
+    else:
+        needed += ["config.json", "modules.json"]
+        if not any(
+            (path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+        ):
+            needed.append("model.safetensors")
     missing = [n for n in needed if not (path / n).is_file()]
-    if not any(
-        (path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    ):
-        missing.append("model.safetensors")
     if missing:
         raise ArtifactError(
             f"{path}: missing {', '.join(missing)}: the folder is incomplete; copy it again or re-export"
         )
-    encoder = SentenceEncoder(load_backbone(str(path), attn_implementation), meta["pooling"], meta["dense_layers"])
+    if backbone is None:
+        backbone = (
+            _adapted_backbone(path, attn_implementation)
+            if adapter_form
+            else load_backbone(str(path), attn_implementation)
+        )
+    encoder = SentenceEncoder(backbone, meta["pooling"], meta["dense_layers"])
     for i, layer in enumerate(encoder.dense):
         layer.load_state_dict(load_file(str(path / f"{i + 2}_Dense" / "model.safetensors")))
     head = None
@@ -157,3 +258,17 @@ def load_artifact(path: Path, attn_implementation: str = "sdpa") -> Artifact:
         head.load_state_dict(load_file(str(path / "head" / "model.safetensors")))
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return Artifact(encoder, tokenizer, meta, head, path)
+
+
+def _adapted_backbone(path: Path, attn_implementation: str) -> torch.nn.Module:
+    """The base model named in an adapter folder, with that adapter (not merged)."""
+    adapter = read_adapter(path)
+    try:
+        backbone = load_backbone(adapter.base, attn_implementation)
+    except OSError as e:
+        raise ArtifactError(
+            f"{path}: the adapter's base model {adapter.base} cannot be loaded ({e}): make it available there, or"
+            f" point base_model_name_or_path in {path / ADAPTER_CONFIG} to a copy of it"
+        ) from None
+    load_adapter(backbone, adapter, trainable=False)
+    return backbone

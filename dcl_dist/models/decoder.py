@@ -3,12 +3,14 @@
 Tied (the default), its body is the encoder's own modules: every leaf module (Linear, LayerNorm, Embedding)
 that the encoder also has at the same path is replaced by the encoder's, so one parameter lives in both and
 ZeRO sees it once. Sharing leaves rather than whole attention blocks keeps the decoder's own causal settings.
-Only the cross-attention blocks and the LM head's transform are the decoder's alone.
+Only the cross-attention blocks and the LM head's transform are the decoder's alone. With LoRA, a shared
+layer is the encoder's LoRA-wrapped Linear, so the decoder trains the encoder's adapter.
 """
 
 from __future__ import annotations
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -37,20 +39,52 @@ def load_decoder(name_or_path: str, attn_implementation: str = "sdpa") -> nn.Mod
 
 
 def tie_to_encoder(decoder: nn.Module, encoder_backbone: nn.Module) -> int:
-    """Make the decoder's body share the encoder's leaf modules; returns how many leaves are shared."""
+    """Make the decoder's body share the encoder's leaf modules; returns how many leaves are shared.
+
+    A LoRA-wrapped Linear of the encoder counts as one leaf: the decoder gets the wrapped module, so its use of
+    the layer trains the same adapter.
+    """
     body = decoder.base_model
-    encoder_leaves = {name: m for name, m in encoder_backbone.named_modules() if not list(m.children())}
+    encoder_leaves = _shareable_leaves(encoder_backbone)
     shared = 0
     for name, module in list(body.named_modules()):
         if list(module.children()) or not list(module.parameters(recurse=False)):
             continue
         twin = encoder_leaves.get(name)
-        if twin is not None and type(twin) is type(module) and _same_shapes(twin, module):
+        base = twin.get_base_layer() if isinstance(twin, BaseTunerLayer) else twin
+        if twin is not None and type(base) is type(module) and _same_shapes(base, module):
             body.set_submodule(name, twin)
             shared += 1
     if getattr(decoder.config, "tie_word_embeddings", True):
         decoder.get_output_embeddings().weight = decoder.get_input_embeddings().weight
     return shared
+
+
+def _shareable_leaves(backbone: nn.Module) -> dict[str, nn.Module]:
+    """Leaf modules by path; a peft-wrapped layer is one leaf (its base layer and adapters go together)."""
+    out: dict[str, nn.Module] = {}
+    wrapped: list[str] = []
+    for name, module in backbone.named_modules():  # parents come before their children
+        if any(name.startswith(w + ".") for w in wrapped):
+            continue
+        if isinstance(module, BaseTunerLayer):
+            wrapped.append(name)
+            out[name] = module
+        elif not list(module.children()):
+            out[name] = module
+    return out
+
+
+def freeze_body(decoder: nn.Module) -> None:
+    """Freeze the decoder's pretrained body (LoRA phases); its cross-attention and LM-head transform still train.
+
+    Call before tie_to_encoder: the encoder's shared modules keep their own settings (their adapters train).
+    """
+    embeddings = {id(decoder.get_input_embeddings().weight), id(decoder.get_output_embeddings().weight)}
+    body = decoder.base_model_prefix + "."
+    for name, param in decoder.named_parameters():
+        own = "crossattention" in name or not name.startswith(body)
+        param.requires_grad_(own and id(param) not in embeddings)
 
 
 def _same_shapes(a: nn.Module, b: nn.Module) -> bool:

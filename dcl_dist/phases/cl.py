@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def run(ctx: PhaseContext) -> dict:
     cfg, phase = ctx.cfg, "cl"
     seed_everything(cfg.run.seed)
-    encoder, tokenizer = load_start(ctx)
+    encoder, tokenizer = load_start(ctx, phase)
     encoder.add_dense()
     report_trainable(encoder, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))

@@ -21,7 +21,8 @@ from dcl_dist.data.splits import Splits, TextSet
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.losses.pair_cosine import InBatchCosineLoss, PairCosineLoss, all_pairs_cosine_mse, level_weights
 from dcl_dist.losses.supcon import SupConLoss
-from dcl_dist.models.artifact import is_complete, load_artifact, write_artifact
+from dcl_dist.models import lora
+from dcl_dist.models.artifact import ADAPTER_DIR, is_complete, load_artifact, read_meta, write_artifact
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class PhaseContext:
     source: str
     """The base model (hub name or folder) or the previous phase's artifact folder."""
     lineage: list[dict] = field(default_factory=list)
-    """The phases that made `source`, oldest first."""
+    """The phases that made `source`, oldest first (each: phase, artifact, its adapter or None)."""
 
     def phase_dir(self, phase: str) -> Path:
         return self.run_dir / phase
@@ -56,16 +57,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_start(ctx: PhaseContext) -> tuple[SentenceEncoder, Any]:
-    """The encoder (with its dense layers) and tokenizer this phase starts from."""
-    attn = ctx.cfg.model.attn_implementation
+def load_start(ctx: PhaseContext, phase: str) -> tuple[SentenceEncoder, Any]:
+    """The encoder (with its dense layers) and tokenizer this phase starts from; in a LoRA phase, with its adapter."""
+    cfg = ctx.cfg
+    attn = cfg.model.attn_implementation
+    base, previous = adapter_chain(ctx)
+    carry = uses_lora(cfg, phase) and previous is not None and not cfg.lora.merge_between_phases
     if is_complete(Path(ctx.source)):
-        art = load_artifact(Path(ctx.source), attn)
-        return art.encoder, art.tokenizer
-    from transformers import AutoTokenizer
+        # carrying an adapter on: it goes back onto the backbone it was trained on, not onto the merged weights
+        art = load_artifact(Path(ctx.source), attn, load_backbone(base, attn) if carry else None)
+        encoder, tokenizer = art.encoder, art.tokenizer
+    else:
+        from transformers import AutoTokenizer
 
-    backbone = load_backbone(ctx.source, attn)
-    return SentenceEncoder(backbone, ctx.cfg.model.pooling), AutoTokenizer.from_pretrained(ctx.source)
+        encoder = SentenceEncoder(load_backbone(ctx.source, attn), cfg.model.pooling)
+        tokenizer = AutoTokenizer.from_pretrained(ctx.source)
+    if carry:
+        lora.load_adapter(encoder.backbone, lora.read_adapter(previous), trainable=True)
+    elif uses_lora(cfg, phase):
+        lora.add_adapter(encoder.backbone, cfg.lora)
+    return encoder, tokenizer
+
+
+def uses_lora(cfg: Config, phase: str) -> bool:
+    """Whether this phase trains LoRA adapters (else every backbone weight)."""
+    return cfg.lora.enabled and phase in cfg.lora.phases
+
+
+def adapter_chain(ctx: PhaseContext) -> tuple[str, Path | None]:
+    """(the backbone an adapter of this phase is expressed on, the adapter folder the previous phase left or None).
+
+    An artifact's adapter/ holds the one adapter that, on its meta["lora"]["base"], gives the artifact's weights;
+    a chain of LoRA phases keeps that base, a phase that trained every weight starts a new chain on itself.
+    """
+    source = Path(ctx.source)
+    if is_complete(source):
+        record = read_meta(source).get("lora")
+        if record:
+            return record["base"], source / ADAPTER_DIR
+        return str(source.resolve()), None
+    return str(source.resolve()) if source.is_dir() else ctx.source, None
+
+
+def phase_adapter(ctx: PhaseContext, phase: str, backbone: torch.nn.Module) -> lora.Adapter:
+    """This phase's adapter on the chain's base: stacked onto the previous phase's when that one was merged.
+
+    Call on rank 0 inside engine.full_parameters (under ZeRO-3 the adapter is partitioned outside it).
+    """
+    base, previous = adapter_chain(ctx)
+    trained = lora.trained_adapter(backbone, base)
+    if previous is None or not ctx.cfg.lora.merge_between_phases:
+        return trained
+    return lora.compose(lora.read_adapter(previous), trained)
 
 
 def resolve_max_length(cfg: Config, tokenizer: Any, backbone: torch.nn.Module) -> int:
@@ -119,16 +162,18 @@ def eval_batch_size(cfg: Config, phase: str) -> int:
 
 def report_trainable(model: torch.nn.Module, phase: str) -> tuple[int, int]:
     """(trainable, total) parameter counts, logged on rank 0 (shared parameters counted once)."""
-    params = {id(p): p for p in model.parameters()}.values()
-    total = sum(_numel(p) for p in params)
-    trainable = sum(_numel(p) for p in params if p.requires_grad)
+    params = dict(model.named_parameters())  # each shared parameter once
+    total = sum(_numel(p) for p in params.values())
+    trainable = sum(_numel(p) for p in params.values() if p.requires_grad)
+    adapters = sum(_numel(p) for name, p in params.items() if p.requires_grad and ".lora_" in name)
     if dist.is_main():
         log.info(
-            "%s: %s trainable parameters of %s (%.1f%%)",
+            "%s: %s trainable parameters of %s (%.1f%%)%s",
             phase,
             f"{trainable:,}",
             f"{total:,}",
             100.0 * trainable / max(total, 1),
+            f", {adapters:,} of them in LoRA adapters" if adapters else "",
         )
     return trainable, total
 
@@ -156,13 +201,38 @@ def save_artifact(
         "base_model": ctx.cfg.model.name_or_path,
         "started_from": ctx.source,
         "labels": ctx.splits.classes,
-        "lineage": [*ctx.lineage, {"phase": phase}],
     }
     with ds.full_parameters(engine.module):
         if dist.is_main():
-            write_artifact(path, encoder, tokenizer, {**record, **meta}, max_length, head)
+            adapter = phase_adapter(ctx, phase, encoder.backbone) if uses_lora(ctx.cfg, phase) else None
+            lineage = {"phase": phase, "adapter": _adapter_record(ctx.cfg, encoder.backbone) if adapter else None}
+            record["lineage"] = [*ctx.lineage, lineage]
+            record["lora"] = _chain_record(ctx, phase, adapter) if adapter else None
+            write_artifact(path, encoder, tokenizer, {**record, **meta}, max_length, head, adapter)
     dist.barrier()
     return path
+
+
+def _adapter_record(cfg: Config, backbone: torch.nn.Module) -> dict:
+    """What the lineage says of a phase's own adapter."""
+    return {
+        "r": cfg.lora.r,
+        "alpha": cfg.lora.alpha,
+        "target_modules": sorted(backbone.peft_config[lora.ADAPTER_NAME].target_modules),
+        "then": "merged" if cfg.lora.merge_between_phases else "carried on",
+    }
+
+
+def _chain_record(ctx: PhaseContext, phase: str, adapter: lora.Adapter) -> dict:
+    """meta["lora"]: the base that adapter/ applies to, its rank and the phases whose adapters it holds."""
+    _, previous = adapter_chain(ctx)
+    earlier = read_meta(Path(ctx.source))["lora"]["phases"] if previous is not None else []
+    return {
+        "base": adapter.base,
+        "rank": adapter.config.r,
+        "phases": [*earlier, phase],
+        "merge_between_phases": ctx.cfg.lora.merge_between_phases,
+    }
 
 
 def truncation_note(tokenize: Tokenize, phase: str) -> None:

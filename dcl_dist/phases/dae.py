@@ -14,7 +14,7 @@ from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_
 from dcl_dist.data.splits import load_unlabelled
 from dcl_dist.evaluation import sharded_apply
 from dcl_dist.losses.reconstruction import ReconstructionLoss
-from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
+from dcl_dist.models.decoder import TsdaeDecoder, freeze_body, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.common import (
     PhaseContext,
@@ -29,6 +29,7 @@ from dcl_dist.phases.common import (
     seed_everything,
     shuffled_order,
     truncation_note,
+    uses_lora,
 )
 
 UNLABELLED_ID_OFFSET = 1 << 40
@@ -56,10 +57,12 @@ class DaeModel(nn.Module):
 def build_model(ctx: PhaseContext) -> tuple[DaeModel, object]:
     """The encoder this phase starts from, plus the bottleneck, plus the (tied) decoder."""
     cfg = ctx.cfg
-    encoder, tokenizer = load_start(ctx)
+    encoder, tokenizer = load_start(ctx, "dae")
     if cfg.model.bottleneck:
         encoder.add_dense()
     decoder = load_decoder(cfg.model.name_or_path, cfg.model.attn_implementation)
+    if uses_lora(cfg, "dae"):
+        freeze_body(decoder)
     if cfg.dae.tie_decoder:
         tie_to_encoder(decoder, encoder.backbone)
     return DaeModel(encoder, TsdaeDecoder(decoder)), tokenizer

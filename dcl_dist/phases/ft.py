@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def run(ctx: PhaseContext) -> dict:
     cfg, phase = ctx.cfg, "ft"
     seed_everything(cfg.run.seed)
-    encoder, tokenizer = load_start(ctx)
+    encoder, tokenizer = load_start(ctx, phase)
     classes = ctx.splits.classes
     head = ClassifierHead(encoder.hidden_size, cfg.ft.head_hidden, len(classes), cfg.ft.dropout, cfg.ft.activation)
     model = Classifier(encoder, head)

@@ -17,7 +17,7 @@ from dcl_dist import loop
 from dcl_dist.data.batching import Tokenize
 from dcl_dist.data.contrastive import ContrastiveBatches, correction
 from dcl_dist.losses.reconstruction import ReconstructionLoss
-from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
+from dcl_dist.models.decoder import TsdaeDecoder, freeze_body, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.common import (
     PhaseContext,
@@ -32,6 +32,7 @@ from dcl_dist.phases.common import (
     save_artifact,
     seed_everything,
     truncation_note,
+    uses_lora,
 )
 
 
@@ -66,12 +67,14 @@ class JointModel(nn.Module):
 def run(ctx: PhaseContext) -> dict:
     cfg, phase = ctx.cfg, "joint"
     seed_everything(cfg.run.seed)
-    encoder, tokenizer = load_start(ctx)
+    encoder, tokenizer = load_start(ctx, phase)
     if cfg.model.bottleneck:
         encoder.add_dense()
     dae_depth = len(encoder.dense)  # the decoder reads the sentence vector after the bottleneck
     encoder.add_dense()
     decoder = load_decoder(cfg.model.name_or_path, cfg.model.attn_implementation)
+    if uses_lora(cfg, phase):
+        freeze_body(decoder)
     if cfg.dae.tie_decoder:
         tie_to_encoder(decoder, encoder.backbone)
     n_levels = len(ctx.splits.label_names)

@@ -41,6 +41,7 @@ def test_every_section_has_a_doc():
         "ft",
         "joint",
         "deepspeed",
+        "lora",
         "checkpoint",
         "logging",
     }
