@@ -97,8 +97,9 @@ class Logger:
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a crashed run wrote after the checkpoint we resume from
-            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step or None)
+            # purge_step drops the events a crashed run wrote after the checkpoint we resume from (first_step, whose
+            # own events were written before its checkpoint, stays)
+            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step + 1 if first_step else None)
         if cfg.logging.progress_bar:
             from tqdm import tqdm
 
@@ -127,6 +128,21 @@ def total_steps(p: PhaseConfig, steps_per_epoch: int) -> int:
     return min(full, p.max_steps) if p.max_steps is not None else full
 
 
+def resume_note(phase: str, path: Path, saved: dict, state: LoopState, steps: int, steps_per_epoch: int) -> str:
+    """What a resumed run logs: where it starts again, and how the world size and batch compare with the saved run."""
+    world, batch = dist.world_size(), saved.get("global_batch_size")
+    note = (
+        f"{phase}: resuming from {path}: step {state.step} of {steps}, epoch {state.epoch}"
+        f" (step {state.step_in_epoch} of {steps_per_epoch} in it)"
+    )
+    if saved.get("world_size", world) == world:
+        return note + f", on {world} ranks as before: RNG and data position restored exactly"
+    return note + (
+        f"; written on {saved['world_size']} ranks, now {world}: the same global batch of {batch}, each step the same"
+        " examples, with new dropout streams"
+    )
+
+
 def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one."""
     p: PhaseConfig = getattr(cfg, run.name)
@@ -146,7 +162,7 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
             set_rng_state(rank_state["rng"])
             data_state = rank_state.get("data")
         if dist.is_main():
-            log.info("%s: resumed from %s (step %d of %d, epoch %d)", run.name, latest, state.step, steps, state.epoch)
+            log.info(resume_note(run.name, latest, saved, state, steps, run.steps_per_epoch))
 
     if state.finished:
         return state
@@ -174,7 +190,8 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
         value = metrics[run.select_metric]
         if state.best is None or value > state.best:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
-            ds.save_checkpoint(engine, phase_dir / "best", 0, vars(state), {"rng": rng_state()}, keep_last=1)
+            # named by step: the new best is complete before the old one is deleted
+            ds.save_checkpoint(engine, phase_dir / "best", state.step, vars(state), {"rng": rng_state()}, keep_last=1)
             return False
         state.bad_evals += 1
         return run.patience is not None and state.bad_evals >= run.patience

@@ -251,4 +251,7 @@ def make_loader(batches: Iterable[list[int]], collate: Callable, num_workers: in
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        # its own generator: a loader draws its workers' seed when iterated, which from the global RNG would shift
+        # the dropout stream of a resumed run (it opens a loader mid-epoch) against the uninterrupted one
+        generator=torch.Generator(),
     )
