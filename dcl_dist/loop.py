@@ -150,7 +150,7 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     device = dist.device()
     steps = total_steps(p, run.steps_per_epoch)
     accumulation = engine.gradient_accumulation_steps()
-    ckpt_root = phase_dir / "checkpoints"
+    ckpt_root = phase_dir / ds.CHECKPOINTS
 
     state = LoopState()
     data_state = None
