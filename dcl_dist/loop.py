@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcl_dist import dist
+from dcl_dist import dist, interrupt
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, PhaseConfig
 
@@ -144,7 +145,22 @@ def resume_note(phase: str, path: Path, saved: dict, state: LoopState, steps: in
 
 
 def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
-    """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one."""
+    """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one.
+
+    A stop request (interrupt.stop_on_signals) ends the phase at the next step boundary with a checkpoint and
+    raises interrupt.Interrupted on every rank.
+    """
+    try:
+        return _train(run, cfg, phase_dir)
+    except BaseException as e:
+        # The loop's DataLoader workers outlive stop signals (interrupt.ignore_in_worker), so the interpreter's exit
+        # would wait on them forever (measured: a crashed rank hung). Clearing the frames that hold their iterator
+        # shuts them down here, whatever the exception.
+        traceback.clear_frames(e.__traceback__)
+        raise
+
+
+def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     p: PhaseConfig = getattr(cfg, run.name)
     engine = run.engine
     device = dist.device()
@@ -166,6 +182,8 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
 
     if state.finished:
         return state
+    if dist.any_true(interrupt.requested() is not None):  # the request came while the phase was starting
+        raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, before training on")
     logger = Logger(phase_dir.parent, run.name, cfg, steps, state.step)
 
     def checkpoint() -> None:
@@ -217,7 +235,10 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
                 tokens += int(sum(v.sum() for k, v in batch.items() if k.endswith("attention_mask")))
             state.step += 1
             state.step_in_epoch += 1
-            total_loss, total_samples, total_tokens = dist.sum_floats(loss_sum.item(), samples, tokens)
+            # the stop request rides on the step's one reduction: every rank learns of it at the same step
+            total_loss, total_samples, total_tokens, stops = dist.sum_floats(
+                loss_sum.item(), samples, tokens, float(interrupt.requested() is not None)
+            )
             mean_loss = total_loss / (accumulation * dist.world_size())
             if not math.isfinite(mean_loss):
                 logger.close()
@@ -251,6 +272,12 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
                     break
             if state.step % cfg.checkpoint.every_steps == 0 and state.step < steps:
                 checkpoint()
+            if stops and state.step < steps:
+                if state.step % cfg.checkpoint.every_steps:
+                    checkpoint()
+                logger.close()
+                saved = ds.latest_checkpoint(ckpt_root)
+                raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, checkpoint {saved}")
         if state.step_in_epoch >= run.steps_per_epoch:
             state.epoch += 1
             state.step_in_epoch = 0

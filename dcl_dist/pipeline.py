@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from dcl_dist import dist
+from dcl_dist import dist, interrupt
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, ConfigError, accumulation_steps, check_world, dump_yaml, to_dict
 from dcl_dist.data.splits import Splits, load_splits
@@ -147,6 +147,8 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
         artifact = phase_dir / "artifact"
         settings = phase_settings(cfg, phases, phase)
         check_settings(phase_dir, settings, run_dir)
+        if dist.any_true(interrupt.requested() is not None):  # it came after the previous phase's last step
+            raise interrupt.Interrupted(f"before phase {phase}")
         if is_complete(artifact):
             if dist.is_main():
                 log.info("%s: finished earlier (%s), skipped", phase, artifact)

@@ -100,10 +100,10 @@ def test_killed_runs_resume_bit_for_bit(tiny_model, small_data, tmp_path):
 
     # 2. run again; kill -9 in the middle of the next save: shards and complete.json written, not yet renamed
     marker = tmp_path / "stalled"
-    stall = {"DCL_STALL_AT_STEP": "6", "DCL_STALL_MARKER": str(marker)}
+    stall = {"DCL_STALL_AT_STEP": "6", "DCL_FAULT_MARKER": str(marker)}
     stall["PYTHONPATH"] = f"{REPO / 'tests'}{os.pathsep}{env()['PYTHONPATH']}"
     second = kill_when(
-        command("integration.stall_save", tiny_model, small_data, run_dir), marker, tmp_path / "second.log", stall
+        command("integration.faults", tiny_model, small_data, run_dir), marker, tmp_path / "second.log", stall
     )
     assert resumed_from_3 in second
     assert (checkpoints / f".partial-step_{6:08d}" / "complete.json").is_file()
