@@ -82,16 +82,13 @@ def keep_saved_global_batch(cfg: Config, phase: str, phase_dir: Path) -> Config:
     if saved == per_step * accumulation_steps(cfg, phase, world):
         return cfg
     if saved % per_step:
-        fits = [
-            w
-            for w in range(1, saved // p.micro_batch_size_per_rank + 1)
-            if saved % (p.micro_batch_size_per_rank * w) == 0
-        ]
+        micro = p.micro_batch_size_per_rank
+        fits = [str(w) for w in range(1, saved // micro + 1) if saved % (micro * w) == 0]
         raise ConfigError(
             [
                 f"{latest} was written with a global batch of {saved} examples, and {world} ranks x"
-                f" {phase}.micro_batch_size_per_rank {p.micro_batch_size_per_rank} cannot make it: resume on"
-                f" {' or '.join(map(str, fits))} ranks"
+                f" {phase}.micro_batch_size_per_rank {micro} cannot make it: resume on {' or '.join(fits) or 'other'}"
+                " ranks"
             ]
         )
     pinned = copy.deepcopy(cfg)
