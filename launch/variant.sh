@@ -25,47 +25,13 @@
 # launcher gives its ranks 30 s to finish); the same command resumes.
 set -euo pipefail
 
-die() {
-	echo "launch: $*" >&2
-	exit 2
-}
-
-config="" phase="" gpus="" hostfile="" dry_run=0
+prog=launch
+# shellcheck source=launch/options.sh
+source "$(dirname "${BASH_SOURCE[0]}")/options.sh"
+config="" phase="" gpus="" hostfile="" launcher="${DCL_LAUNCHER:-deepspeed}" dry_run=0
 nodes="${NNODES:-}" node_rank="${NODE_RANK:-}" master_addr="${MASTER_ADDR:-}" master_port="${MASTER_PORT:-29500}"
-launcher="${DCL_LAUNCHER:-deepspeed}"
 overrides=()
-while (($#)); do
-	case "$1" in
-	--config | --phase | --gpus | --nodes | --hostfile | --node-rank | --master-addr | --master-port | --launcher)
-		(($# >= 2)) || die "$1 needs a value"
-		case "$1" in
-		--config) config=$2 ;;
-		--phase) phase=$2 ;;
-		--gpus) gpus=$2 ;;
-		--nodes) nodes=$2 ;;
-		--hostfile) hostfile=$2 ;;
-		--node-rank) node_rank=$2 ;;
-		--master-addr) master_addr=$2 ;;
-		--master-port) master_port=$2 ;;
-		--launcher) launcher=$2 ;;
-		esac
-		shift 2
-		;;
-	--dry-run)
-		dry_run=1
-		shift
-		;;
-	-h | --help)
-		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-		exit 0
-		;;
-	--*) die "unknown option $1 (launch/variant.sh --help lists them)" ;;
-	*)
-		overrides+=("$1")
-		shift
-		;;
-	esac
-done
+parse_options "config phase gpus nodes hostfile node-rank master-addr master-port launcher" "$@"
 [[ -n $config ]] || die "--config FILE is required"
 [[ -z $hostfile || -f $hostfile ]] || die "hostfile $hostfile does not exist"
 gpus_given=$gpus
@@ -110,8 +76,6 @@ torchrun)
 esac
 cmd+=("${train[@]}")
 
-printf '+'
-printf ' %q' "${cmd[@]}"
-echo
+show_command "${cmd[@]}"
 ((dry_run)) && exit 0
 exec "${cmd[@]}"

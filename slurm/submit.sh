@@ -9,42 +9,14 @@
 # A job that is preempted or reaches its time limit checkpoints, requeues itself and resumes; the next one waits.
 set -euo pipefail
 
-die() {
-	echo "submit: $*" >&2
-	exit 2
-}
-
-config="" nodes=1 gpus=1 time="" dry_run=0
-overrides=()
-while (($#)); do
-	case "$1" in
-	--config | --nodes | --gpus-per-node | --time)
-		(($# >= 2)) || die "$1 needs a value"
-		case "$1" in
-		--config) config=$2 ;;
-		--nodes) nodes=$2 ;;
-		--gpus-per-node) gpus=$2 ;;
-		--time) time=$2 ;;
-		esac
-		shift 2
-		;;
-	--dry-run)
-		dry_run=1
-		shift
-		;;
-	-h | --help)
-		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-		exit 0
-		;;
-	--*) die "unknown option $1 (slurm/submit.sh --help lists them)" ;;
-	*)
-		overrides+=("$1")
-		shift
-		;;
-	esac
-done
-[[ -n $config ]] || die "--config FILE is required"
+prog=submit
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=launch/options.sh
+source "$here/../launch/options.sh"
+config="" nodes=1 gpus_per_node=1 time="" dry_run=0
+overrides=()
+parse_options "config nodes gpus-per-node time" "$@"
+[[ -n $config ]] || die "--config FILE is required"
 
 # the resolved config's run.dir and phases; a bad config stops here, not in the queue
 plan=$("${DCL_PYTHON:-python}" -c '
@@ -61,13 +33,11 @@ echo "run directory $run_dir, phases: $phases"
 
 previous=""
 for phase in $phases; do
-	cmd=(sbatch --parsable --job-name "dcl-$phase" --nodes "$nodes" --ntasks-per-node "$gpus" --gpus-per-node "$gpus")
+	cmd=(sbatch --parsable --job-name "dcl-$phase" --nodes "$nodes" --ntasks-per-node "$gpus_per_node" --gpus-per-node "$gpus_per_node")
 	[[ -z $time ]] || cmd+=(--time "$time")
 	[[ -z $previous ]] || cmd+=(--dependency "afterok:$previous" --kill-on-invalid-dep=yes)
 	cmd+=("$here/phase.sbatch" "$phase" "$config" "${overrides[@]}")
-	printf '+'
-	printf ' %q' "${cmd[@]}"
-	echo
+	show_command "${cmd[@]}"
 	if ((dry_run)); then
 		previous="<$phase>"
 		continue

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from multiproc.spawn import run_ranks
+from multiproc.tiny import tiny_run
 from tb import read_scalars
 
 pytestmark = pytest.mark.multiproc
@@ -40,11 +41,10 @@ def _train_dae(model_dir: str, train: str, run_dir: str) -> tuple[list[list[int]
     batching.DaeCollate.__call__ = recording
     cfg = load_config(
         None,
-        [
-            f"run.dir={run_dir}",
-            f"model.name_or_path={model_dir}",
-            f"data.train={train}",
-            "model.max_length=24",
+        tiny_run(
+            model_dir,
+            train,
+            run_dir,
             "deepspeed.zero_stage=3",
             f"dae.max_steps={STEPS}",
             f"dae.micro_batch_size_per_rank={MICRO}",
@@ -52,8 +52,7 @@ def _train_dae(model_dir: str, train: str, run_dir: str) -> tuple[list[list[int]
             "dae.log_every_steps=1",
             "dae.lr=1e-3",
             f"checkpoint.every_steps={SAVED_AT}",
-            "logging.progress_bar=false",
-        ],
+        ),
     )
     run_variant(cfg, only_phase="dae")
     return seen, GLOBAL_BATCH // (MICRO * dist.world_size())

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from multiproc.spawn import run_ranks
+from multiproc.tiny import tiny_run
 
 pytestmark = pytest.mark.multiproc
 
@@ -34,19 +35,8 @@ def _train_until_signalled(model_dir: str, train: str, run_dir: str) -> str:
         return collate(self, items)
 
     batching.DaeCollate.__call__ = signalling
-    cfg = load_config(
-        None,
-        [
-            f"run.dir={run_dir}",
-            f"model.name_or_path={model_dir}",
-            f"data.train={train}",
-            "model.max_length=24",
-            "dae.max_steps=20",
-            "dae.micro_batch_size_per_rank=4",
-            "checkpoint.every_steps=100",
-            "logging.progress_bar=false",
-        ],
-    )
+    overrides = tiny_run(model_dir, train, run_dir, "dae.max_steps=20", "dae.micro_batch_size_per_rank=4")
+    cfg = load_config(None, [*overrides, "checkpoint.every_steps=100"])
     with interrupt.stop_on_signals():
         try:
             run_variant(cfg, only_phase="dae")
