@@ -144,6 +144,30 @@ def test_submit_dry_run_prints_the_chain_and_submits_nothing(tmp_path):
     assert not (tmp_path / "calls.jsonl").exists()
 
 
+def test_the_phase_job_prints_its_srun_command():
+    job = {"SLURM_JOB_ID": "4711", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "8", "SLURM_JOB_NODELIST": "gpu7"}
+    proc = script("slurm/phase.sbatch", "--dry-run", "cl", "my.yaml", "cl.lr=1e-5", **job)
+    assert "phase cl on 2 nodes x 8 ranks, rendezvous gpu7:24711" in proc.stdout
+    assert printed(proc) == [
+        [
+            "srun",
+            "--nodes=2",
+            "--ntasks-per-node=8",
+            "--kill-on-bad-exit=1",
+            "python",
+            "-u",
+            "-m",
+            "dcl_dist.cli",
+            "train",
+            "--config",
+            "my.yaml",
+            "--phase",
+            "cl",
+            "cl.lr=1e-5",
+        ]
+    ]
+
+
 def test_two_nodes_each_started_with_node_rank(tiny_model, small_data, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")  # two names for this machine: two "nodes"

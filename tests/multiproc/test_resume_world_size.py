@@ -24,9 +24,8 @@ RELATIVE_TOLERANCE = 1e-6
 """Measured: 9e-8. An optimiser state restored wrong shows at once: the repaired ZeRO-3 slip gave 1e-4."""
 
 
-def _train_dae(model_dir: str, train: str, run_dir: str) -> tuple[list[list[int]], int]:
-    """Phase dae to step STEPS (or on from its checkpoint): (this rank's micro-batches' sample ids, accumulation)."""
-    from dcl_dist import dist
+def _train_dae(model_dir: str, train: str, run_dir: str) -> list[list[int]]:
+    """Phase dae to step STEPS (or on from its checkpoint); returns this rank's micro-batches' sample ids in order."""
     from dcl_dist.config import load_config
     from dcl_dist.data import batching
     from dcl_dist.pipeline import run_variant
@@ -55,13 +54,14 @@ def _train_dae(model_dir: str, train: str, run_dir: str) -> tuple[list[list[int]
         ),
     )
     run_variant(cfg, only_phase="dae")
-    return seen, GLOBAL_BATCH // (MICRO * dist.world_size())
+    return seen
 
 
-def global_steps(per_rank: list[tuple[list[list[int]], int]], first_step: int) -> dict[int, list[int]]:
-    """{step: the sorted sample ids every rank saw in it}: each step takes `accumulation` micro-batches per rank."""
+def global_steps(per_rank: list[list[list[int]]], first_step: int) -> dict[int, list[int]]:
+    """{step: the sorted sample ids every rank saw in it}: each step takes GLOBAL_BATCH / ranks examples per rank."""
+    accumulation = GLOBAL_BATCH // (MICRO * len(per_rank))
     steps: dict[int, list[int]] = {}
-    for micro_batches, accumulation in per_rank:
+    for micro_batches in per_rank:
         for j, ids in enumerate(micro_batches):
             steps.setdefault(first_step + j // accumulation, []).extend(ids)
     return {s: sorted(ids) for s, ids in steps.items()}
@@ -82,7 +82,10 @@ def test_resume_on_another_world_size(world, reference, tmp_path, tiny_model_nod
 
     per_rank = run_ranks(_train_dae, world, tmp_path, str(tiny_model_nodrop), str(snips_small), str(resumed))
 
-    assert [acc for _, acc in per_rank] == [GLOBAL_BATCH // (MICRO * world)] * world
+    # each rank ran the resumed steps with GLOBAL_BATCH / (MICRO x world) micro-batches per step
+    assert [len(micro_batches) for micro_batches in per_rank] == [
+        (STEPS - SAVED_AT) * GLOBAL_BATCH // (MICRO * world)
+    ] * world
     steps = global_steps(per_rank, SAVED_AT + 1)
     assert list(steps) == list(range(SAVED_AT + 1, STEPS + 1))
     for step, ids in steps.items():
