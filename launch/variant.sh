@@ -21,8 +21,8 @@
 #   --launcher L        deepspeed (default) or torchrun (env DCL_LAUNCHER)
 #   --dry-run           print the command, run nothing
 #
-# Ctrl-C (or SIGTERM to the process group) ends the current step, writes a checkpoint and exits 75 (the deepspeed
-# launcher gives its ranks 30 s to finish); the same command resumes.
+# Ctrl-C (or SIGTERM to the process group) ends the current step and writes a checkpoint; each rank says which and
+# exits 75 (the launchers give their ranks 30 s, and report a status of their own). The same command resumes.
 set -euo pipefail
 
 prog=launch
