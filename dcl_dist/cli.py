@@ -50,11 +50,16 @@ def _print_summary(metrics: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # before the heavy imports: a typo fails in a second
-    from dcl_dist import dist
+    from dcl_dist import dist, interrupt
     from dcl_dist.pipeline import run_variant
 
     try:
-        metrics = run_variant(cfg, args.phase)
+        with interrupt.stop_on_signals():
+            metrics = run_variant(cfg, args.phase)
+    except interrupt.Interrupted as e:
+        if dist.is_main():
+            print(f"dcl-dist: {e}", file=sys.stderr)
+        return interrupt.EXIT_CODE
     finally:
         dist.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:

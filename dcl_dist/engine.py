@@ -1,8 +1,9 @@
 """DeepSpeed: the only module that imports deepspeed.
 
 Builds the DeepSpeed config from a shipped template (configs/deepspeed/zero<stage>.json) with its "auto"
-values filled from our config, wraps a model in an engine, writes checkpoints atomically and resumes them,
-and gathers ZeRO-3-partitioned parameters for export.
+values filled from our config, wraps a model in an engine, writes checkpoints atomically and resumes them
+(on another world size through DeepSpeed's universal checkpoint), and gathers ZeRO-3-partitioned parameters
+for export.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,12 @@ from dcl_dist.config import Config, PhaseConfig, accumulation_steps
 TEMPLATES = Path(__file__).resolve().parent / "deepspeed_templates"
 """configs/deepspeed, linked into the package so that an installed package finds it too."""
 
+CHECKPOINTS = "checkpoints"
 CHECKPOINT_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"
 COMPLETE_MARKER = "complete.json"
+UNIVERSAL = "universal"
+"""Sub-folder of a checkpoint that holds its world-size-independent form, made when another world size resumes it."""
 
 logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
@@ -105,19 +111,34 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def initialize(model: torch.nn.Module, cfg: Config, phase: str, total_steps: int, hidden_size: int):
-    """Wrap `model` in a DeepSpeed engine (optimiser and schedule from the config); every rank calls it."""
+    """Wrap `model` in a DeepSpeed engine (optimiser and schedule from the config); every rank calls it.
+
+    A phase that resumes keeps the ZeRO stage its checkpoint was written with, whatever the world size: the
+    optimiser state is laid out by stage, and DeepSpeed converts it between world sizes, not between stages.
+    """
     dist.init()
     if not torch.cuda.is_available():
         # DeepSpeed would compile a shared-memory all-reduce for CPU ranks (a minute, once per machine); gloo's
         # own collectives are what the CPU runs (tests, quickstart) need.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     ds_config = deepspeed_config(cfg, phase, dist.world_size(), total_steps, hidden_size)
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    configured = ds_config.get("zero_optimization", {}).get("stage", 0)
+    stage = configured
     if dist.world_size() == 1 and stage > 0 and cfg.deepspeed.offload == "none" and cfg.deepspeed.config_file is None:
         # one rank has nothing to partition: ZeRO would only add bucket copies (40% of a CPU step, measured)
-        ds_config["zero_optimization"] = {"stage": 0}
+        stage = 0
         if dist.is_main():
-            log.info("%s: one rank, so ZeRO stage %d partitions nothing: running stage 0", phase, stage)
+            log.info("%s: one rank, so ZeRO stage %d partitions nothing: running stage 0", phase, configured)
+    resume = latest_checkpoint(Path(cfg.run.dir) / phase / CHECKPOINTS)
+    saved_stage = checkpoint_info(resume).get("zero_stage") if resume is not None else None
+    if saved_stage is not None and saved_stage != stage:
+        stage = saved_stage
+        if dist.is_main():
+            log.info("%s: %s was written with ZeRO stage %d: the phase keeps that stage", phase, resume, stage)
+    if stage != configured:
+        ds_config["zero_optimization"] = (
+            {**ds_config.get("zero_optimization", {}), "stage": stage} if stage else {"stage": 0}
+        )
     groups = [g for g in _param_groups(model, getattr(cfg, phase).weight_decay) if g["params"]]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     return engine
@@ -167,7 +188,12 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, rank_state: dict
     dist.barrier()
     final = root / tag
     if dist.is_main():
-        (partial / COMPLETE_MARKER).write_text(json.dumps({**state, "world_size": dist.world_size()}, indent=2))
+        layout = {
+            "world_size": dist.world_size(),
+            "zero_stage": zero_stage(engine),
+            "global_batch_size": engine.train_batch_size(),
+        }
+        (partial / COMPLETE_MARKER).write_text(json.dumps({**state, **layout}, indent=2))
         _fsync_dir(partial)
         if final.exists():
             shutil.rmtree(final)
@@ -205,23 +231,93 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_info(path: Path) -> dict:
+    """What complete.json records: the loop state, and the world size, ZeRO stage and global batch that wrote it."""
+    return json.loads((path / COMPLETE_MARKER).read_text())
+
+
 def load_checkpoint(engine, path: Path, load_optimizer: bool = True) -> tuple[dict, dict | None]:
     """Restore model, optimiser, schedule (and ZeRO shards) from a checkpoint; returns (loop state, this rank's state).
 
-    The rank state is None when the checkpoint was written by another world size (its RNG streams do not map).
+    ZeRO partitions the optimiser state by world size, so another world size loads the checkpoint's universal
+    form (made here once). The rank state is None then: one rank's RNG streams do not map onto another's.
     """
-    engine.load_checkpoint(
-        str(path.parent),
-        tag=path.name,
-        load_optimizer_states=load_optimizer,
-        load_lr_scheduler_states=load_optimizer,
-        load_module_strict=True,
-    )
-    state = json.loads((path / COMPLETE_MARKER).read_text())
-    rank_file = path / f"rank{dist.rank()}.pt"
+    state = checkpoint_info(path)
     same_world = state.get("world_size") == dist.world_size()
+    kwargs = dict(load_optimizer_states=load_optimizer, load_lr_scheduler_states=load_optimizer)
+    if same_world or not load_optimizer or zero_stage(engine) == 0:
+        # stage 0 keeps whole optimiser state in mp_rank_00_model_states.pt, readable by any world size
+        engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True, **kwargs)
+    else:
+        universal = universal_checkpoint(path)
+        groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in engine.optimizer.param_groups]
+        # DeepSpeed reads load_universal from its config at load time only: switched on for this one load, as
+        # the same engine later loads native checkpoints (ft's best weights)
+        engine._config.load_universal_checkpoint = True
+        try:
+            engine.load_checkpoint(str(path), tag=universal.name, load_module_strict=True, **kwargs)
+        finally:
+            engine._config.load_universal_checkpoint = False
+        _repair_zero3_universal_load(engine, groups)
+    rank_file = path / f"rank{dist.rank()}.pt"
     rank_state = torch.load(rank_file, weights_only=False) if same_world and rank_file.is_file() else None
     return state, rank_state
+
+
+def _repair_zero3_universal_load(engine, groups: list[dict]) -> None:
+    """Undo two slips of DeepSpeed 0.19.8's ZeRO-3 universal load; stages 1 and 2 load right.
+
+    It hands one `step` tensor to every group's Adam state, which torch's AdamW then advances once per group and
+    step: the no-decay group's bias correction ran a step ahead (measured: the loss drifted by 1e-4 within 3
+    steps). And it gives every group the first group's hyperparameters: biases and norms got weight decay (2e-7
+    within 3 steps, growing). `groups` holds each group's own values from before the load (our config, which a
+    resumed phase shares); the learning rate comes from the restored schedule.
+    """
+    for group, own in zip(engine.optimizer.param_groups, groups):
+        group.update(own)
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in base.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+def universal_checkpoint(path: Path) -> Path:
+    """<path>/universal: DeepSpeed's world-size-independent form of a ZeRO checkpoint, converted once by rank 0.
+
+    The conversion (deepspeed.checkpoint.ds_to_universal) writes a partial folder that is renamed when complete,
+    so an interrupted conversion is redone, never half-read. Every rank calls it and gets the path or the error.
+    """
+    out = path / UNIVERSAL
+    error = None
+    if dist.is_main() and not out.is_dir():
+        partial = path / (PARTIAL_PREFIX + UNIVERSAL)
+        shutil.rmtree(partial, ignore_errors=True)
+        workers = str(max(1, min(8, (os.cpu_count() or 1) // 2)))
+        log.info("converting %s to DeepSpeed's universal checkpoint (it was written by another world size)", path)
+        command = [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(path),
+            "--output_folder",
+            str(partial),
+            "--inject_missing_state",  # plain nn.Modules carry no universal_checkpoint_info: the defaults apply
+            "--num_extract_workers",
+            workers,
+            "--num_merge_workers",
+            workers,
+        ]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        (path / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; we name folders ourselves
+        if proc.returncode == 0:
+            os.replace(partial, out)
+        else:
+            error = f"converting {path} for another world size failed ({' '.join(command)}):\n{proc.stderr[-4000:]}"
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise RuntimeError(error)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcl_dist import dist
+from dcl_dist import dist, interrupt
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, PhaseConfig
 
@@ -104,8 +105,9 @@ class Logger:
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a crashed run wrote after the checkpoint we resume from
-            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step or None)
+            # purge_step drops the events a crashed run wrote after the checkpoint we resume from (first_step, whose
+            # own events were written before its checkpoint, stays)
+            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step + 1 if first_step else None)
         if cfg.logging.progress_bar:
             from tqdm import tqdm
 
@@ -163,14 +165,44 @@ def total_steps(p: PhaseConfig, steps_per_epoch: int) -> int:
     return min(full, p.max_steps) if p.max_steps is not None else full
 
 
+def resume_note(phase: str, path: Path, saved: dict, state: LoopState, steps: int, steps_per_epoch: int) -> str:
+    """What a resumed run logs: where it starts again, and how the world size and batch compare with the saved run."""
+    world, batch = dist.world_size(), saved.get("global_batch_size")
+    note = (
+        f"{phase}: resuming from {path}: step {state.step} of {steps}, epoch {state.epoch}"
+        f" (step {state.step_in_epoch} of {steps_per_epoch} in it)"
+    )
+    if saved.get("world_size", world) == world:
+        return note + f", on {world} ranks as before: RNG and data position restored exactly"
+    return note + (
+        f"; written on {saved['world_size']} ranks, now {world}: the same global batch of {batch}, each step the same"
+        " examples, with new dropout streams"
+    )
+
+
 def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
-    """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one."""
+    """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one.
+
+    A stop request (interrupt.stop_on_signals) ends the phase at the next step boundary with a checkpoint and
+    raises interrupt.Interrupted on every rank.
+    """
+    try:
+        return _train(run, cfg, phase_dir)
+    except BaseException as e:
+        # The loop's DataLoader workers outlive stop signals (interrupt.ignore_in_worker), so the interpreter's exit
+        # would wait on them forever (measured: a crashed rank hung). Clearing the frames that hold their iterator
+        # shuts them down here, whatever the exception.
+        traceback.clear_frames(e.__traceback__)
+        raise
+
+
+def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     p: PhaseConfig = getattr(cfg, run.name)
     engine = run.engine
     device = dist.device()
     steps = total_steps(p, run.steps_per_epoch)
     accumulation = engine.gradient_accumulation_steps()
-    ckpt_root = phase_dir / "checkpoints"
+    ckpt_root = phase_dir / ds.CHECKPOINTS
 
     state = LoopState()
     data_state = None
@@ -182,10 +214,12 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
             set_rng_state(rank_state["rng"])
             data_state = rank_state.get("data")
         if dist.is_main():
-            log.info("%s: resumed from %s (step %d of %d, epoch %d)", run.name, latest, state.step, steps, state.epoch)
+            log.info(resume_note(run.name, latest, saved, state, steps, run.steps_per_epoch))
 
     if state.finished:
         return state
+    if dist.any_true(interrupt.requested() is not None):  # the request came while the phase was starting
+        raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, before training on")
     logger = Logger(phase_dir.parent, run.name, cfg, steps, state.step)
 
     def checkpoint() -> None:
@@ -210,7 +244,8 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
         value = metrics[run.select_metric]
         if state.best is None or value > state.best:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
-            ds.save_checkpoint(engine, phase_dir / "best", 0, vars(state), {"rng": rng_state()}, keep_last=1)
+            # named by step: the new best is complete before the old one is deleted
+            ds.save_checkpoint(engine, phase_dir / "best", state.step, vars(state), {"rng": rng_state()}, keep_last=1)
             return False
         state.bad_evals += 1
         return run.patience is not None and state.bad_evals >= run.patience
@@ -242,7 +277,10 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
             state.step += 1
             state.step_in_epoch += 1
             loss_sum, tokens = sums.tolist()
-            total_loss, total_samples, total_tokens = dist.sum_floats(loss_sum, samples, tokens)
+            # the stop request rides on the step's one reduction: every rank learns of it at the same step
+            total_loss, total_samples, total_tokens, stops = dist.sum_floats(
+                loss_sum, samples, tokens, float(interrupt.requested() is not None)
+            )
             mean_loss = total_loss / (accumulation * dist.world_size())
             if not math.isfinite(mean_loss):
                 logger.close()
@@ -276,6 +314,12 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
                     break
             if state.step % cfg.checkpoint.every_steps == 0 and state.step < steps:
                 checkpoint()
+            if stops and state.step < steps:
+                if state.step % cfg.checkpoint.every_steps:
+                    checkpoint()
+                logger.close()
+                saved = ds.latest_checkpoint(ckpt_root)
+                raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, checkpoint {saved}")
         if state.step_in_epoch >= run.steps_per_epoch:
             state.epoch += 1
             state.step_in_epoch = 0

@@ -7,13 +7,15 @@ with the keys that changed rather than mixing two experiments in one directory.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from dcl_dist import dist
-from dcl_dist.config import Config, ConfigError, check_world, dump_yaml, to_dict
+from dcl_dist import dist, interrupt
+from dcl_dist import engine as ds
+from dcl_dist.config import Config, ConfigError, accumulation_steps, check_world, dump_yaml, to_dict
 from dcl_dist.data.sources import DataError
 from dcl_dist.data.splits import Splits, load_splits
 from dcl_dist.models.artifact import is_complete, read_meta
@@ -71,6 +73,34 @@ def check_settings(phase_dir: Path, settings: dict, run_dir: Path) -> None:
         )
 
 
+def keep_saved_global_batch(cfg: Config, phase: str, phase_dir: Path) -> Config:
+    """The config a phase resumes with: on another world size it keeps the global batch its checkpoint was written
+    with (more or less accumulation), so that every step sees the examples it would have seen."""
+    latest = ds.latest_checkpoint(phase_dir / ds.CHECKPOINTS)
+    saved = ds.checkpoint_info(latest).get("global_batch_size") if latest is not None else None
+    p, world = getattr(cfg, phase), dist.world_size()
+    if saved is None or p.global_batch_size is not None:
+        return cfg  # an explicit global batch is one of the phase's settings: check_settings compares it
+    per_step = p.micro_batch_size_per_rank * world
+    if saved == per_step * accumulation_steps(cfg, phase, world):
+        return cfg
+    if saved % per_step:
+        micro = p.micro_batch_size_per_rank
+        fits = [str(w) for w in range(1, saved // micro + 1) if saved % (micro * w) == 0]
+        raise ConfigError(
+            [
+                f"{latest} was written with a global batch of {saved} examples, and {world} ranks x"
+                f" {phase}.micro_batch_size_per_rank {micro} cannot make it: resume on {' or '.join(fits) or 'other'}"
+                " ranks"
+            ]
+        )
+    pinned = copy.deepcopy(cfg)
+    getattr(pinned, phase).global_batch_size = saved
+    if dist.is_main():
+        log.info("%s: keeps its checkpoint's global batch of %d on %d ranks", phase, saved, world)
+    return pinned
+
+
 def collect_metrics(run_dir: Path, cfg: Config) -> dict:
     """metrics.json: each finished phase's metrics (from its artifact), and the final test metrics."""
     out: dict = {"variant": cfg.run.variant, "phases": {}}
@@ -123,6 +153,8 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
         artifact = phase_dir / "artifact"
         settings = phase_settings(cfg, phases, phase)
         check_settings(phase_dir, settings, run_dir)
+        if dist.any_true(interrupt.requested() is not None):  # it came after the previous phase's last step
+            raise interrupt.Interrupted(f"before phase {phase}")
         if is_complete(artifact):
             if dist.is_main():
                 log.info("%s: finished earlier (%s), skipped", phase, artifact)
@@ -140,7 +172,9 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
                 (phase_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
                 log.info("%s: starting from %s", phase, source)
             dist.barrier()
-            PHASES[phase](PhaseContext(cfg, run_dir, splits, source, lineage))
+            PHASES[phase](
+                PhaseContext(keep_saved_global_batch(cfg, phase, phase_dir), run_dir, splits, source, lineage)
+            )
             if dist.is_main():
                 (run_dir / METRICS_FILE).write_text(json.dumps(collect_metrics(run_dir, cfg), indent=2))
         lineage = lineage + [{**read_meta(artifact)["lineage"][-1], "artifact": str(artifact)}]

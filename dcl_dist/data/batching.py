@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from dcl_dist.data.balance import Entry
 from dcl_dist.data.noise import delete_stop_words, delete_words, keyed_rng
+from dcl_dist.interrupt import ignore_in_worker
 
 NOISE_DAE = 1
 NOISE_COPY = 2
@@ -278,4 +279,8 @@ def make_loader(batches: Iterable[list[int]], collate: Callable, num_workers: in
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        worker_init_fn=ignore_in_worker,
+        # its own generator: a loader draws its workers' seed when iterated, which from the global RNG would shift
+        # the dropout stream of a resumed run (it opens a loader mid-epoch) against the uninterrupted one
+        generator=torch.Generator(),
     )

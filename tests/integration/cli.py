@@ -9,9 +9,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 def env() -> dict:
-    e = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # an in-process dist.init (unit tests) names this process rank 0 of 1 and serves MASTER_PORT: children
+    # must not inherit that
+    e = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
     return e
 

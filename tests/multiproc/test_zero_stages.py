@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from multiproc.spawn import run_ranks
+from multiproc.tiny import tiny_run
 from tb import read_scalars
 
 pytestmark = pytest.mark.multiproc
@@ -21,18 +22,16 @@ def _train_dae(model_dir: str, train: str, run_dir: str, stage: int) -> None:
 
     cfg = load_config(
         None,
-        [
-            f"run.dir={run_dir}",
-            f"model.name_or_path={model_dir}",
-            f"data.train={train}",
-            "model.max_length=24",
+        tiny_run(
+            model_dir,
+            train,
+            run_dir,
             f"deepspeed.zero_stage={stage}",
             f"dae.max_steps={STEPS}",
             "dae.micro_batch_size_per_rank=4",
             "dae.log_every_steps=1",
             "dae.lr=1e-3",
-            "logging.progress_bar=false",
-        ],
+        ),
     )
     run_variant(cfg, only_phase="dae")
 

@@ -1,0 +1,44 @@
+"""`dcl-dist` with one injected fault, for tests of what a crash leaves behind.
+
+DCL_STALL_AT_STEP=N: rank 0 stalls in the save of checkpoint step N as far as it gets before the checkpoint becomes
+visible (every rank's shards and complete.json written, the folder not yet renamed), after touching $DCL_FAULT_MARKER.
+DCL_RAISE_AT_MICRO_BATCH=N: the loop raises on its N-th micro-batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from dcl_dist import cli, loop
+from dcl_dist import engine as ds
+
+if "DCL_STALL_AT_STEP" in os.environ:
+    _fsync_dir = ds._fsync_dir
+    _stall_at = f"{ds.PARTIAL_PREFIX}{ds.CHECKPOINT_PREFIX}{int(os.environ['DCL_STALL_AT_STEP']):08d}"
+
+    def _stalling_fsync_dir(path: Path) -> None:
+        if path.name == _stall_at:
+            Path(os.environ["DCL_FAULT_MARKER"]).touch()
+            time.sleep(600)
+        _fsync_dir(path)
+
+    ds._fsync_dir = _stalling_fsync_dir
+
+if "DCL_RAISE_AT_MICRO_BATCH" in os.environ:
+    _to_device = loop.to_device
+    _micro_batches = 0
+
+    def _failing_to_device(batch: dict, device):
+        global _micro_batches
+        _micro_batches += 1
+        if _micro_batches == int(os.environ["DCL_RAISE_AT_MICRO_BATCH"]):
+            raise RuntimeError("injected fault")
+        return _to_device(batch, device)
+
+    loop.to_device = _failing_to_device
+
+if __name__ == "__main__":
+    sys.exit(cli.main())
