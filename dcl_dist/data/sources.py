@@ -53,7 +53,8 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _format(path: Path) -> str:
+def file_format(path: Path) -> str:
+    """jsonl, csv, tsv, parquet or txt, from the file's ending (.gz ignored)."""
     name = path.name.lower().removesuffix(".gz")
     for suffix, fmt in (
         (".jsonl", "jsonl"),
@@ -134,7 +135,7 @@ def read_parquet(path: Path) -> Iterator[Record]:
 
 
 def read_file(path: Path, text_field: str = "text") -> Iterator[Record]:
-    fmt = _format(path)
+    fmt = file_format(path)
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt in ("csv", "tsv"):

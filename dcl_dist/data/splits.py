@@ -11,6 +11,7 @@ from typing import Any
 
 from dcl_dist.config import Config
 from dcl_dist.data.sources import DataError, Record, read_source
+from dcl_dist.data.streaming import TrainStream, describe_stream
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,16 @@ class TextSet:
 
 @dataclass
 class Splits:
-    train: TextSet
+    train: TextSet | None
+    """The training split in memory; None when it is streamed (see stream)."""
     validation: TextSet
     test: TextSet | None
     label_names: list[list[str]]
     """Class names per label level; label_names[0] are the classes the classifier predicts."""
     validation_from_train: bool
     skipped_empty: int = 0
+    stream: TrainStream | None = None
+    """With data.streaming: the training split as a stream (validation and test are still read in memory)."""
 
     @property
     def classes(self) -> list[str]:
@@ -170,6 +174,8 @@ def _to_ids(raw: list[tuple[Any, ...]], names: list[list[str]], role: str, sourc
 
 def load_splits(cfg: Config) -> Splits:
     """Read train, validation and test as the config says; the label map comes from train."""
+    if cfg.data.streaming:
+        return _streamed_splits(cfg)
     d = cfg.data
     label_fields = [d.label_field, *d.hierarchy_fields]
     texts, raw, skipped = read_rows(d.train, "train", d.text_field, label_fields, d.empty_text)
@@ -201,6 +207,21 @@ def load_splits(cfg: Config) -> Splits:
         test = TextSet(t_texts, _to_ids(t_raw, names, "test", d.test))
         skipped += t_skipped
     return Splits(train, validation, test, names, from_train, skipped)
+
+
+def _streamed_splits(cfg: Config) -> Splits:
+    """Train as a stream (labels from data.class_counts or a counting pass); validation and test in memory."""
+    d = cfg.data
+    stream = describe_stream(cfg)
+    label_fields = [d.label_field, *d.hierarchy_fields]
+    loaded, skipped = {}, 0
+    for role in ("validation", "test"):
+        source = getattr(d, role)
+        if source:
+            texts, raw, role_skipped = read_rows(source, role, d.text_field, label_fields, d.empty_text)
+            loaded[role] = TextSet(texts, _to_ids(raw, stream.label_names, role, source))
+            skipped += role_skipped
+    return Splits(None, loaded["validation"], loaded.get("test"), stream.label_names, False, skipped, stream)
 
 
 def load_unlabelled(cfg: Config) -> list[str]:

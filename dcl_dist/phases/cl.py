@@ -11,7 +11,7 @@ import logging
 from dcl_dist import dist, loop
 from dcl_dist import engine as ds
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.data.contrastive import ContrastiveBatches, correction
+from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.phases.common import (
     PhaseContext,
     batch_plan,
@@ -23,6 +23,7 @@ from dcl_dist.phases.common import (
     resolve_max_length,
     save_artifact,
     seed_everything,
+    stream_feed,
     truncation_note,
 )
 
@@ -37,31 +38,35 @@ def run(ctx: PhaseContext) -> dict:
     report_trainable(encoder, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
 
-    train = ctx.splits.train
-    entries, record = correction(cfg, train, len(ctx.splits.classes))
+    if ctx.splits.stream is not None:
+        ratios, record = correction_ratios(cfg, ctx.splits.stream.class_counts)
+        feed = stream_feed(ctx, phase, tokenize, ratios)
+        steps_per_epoch, batches, samples_per_item = feed.steps_per_epoch, feed.batches, feed.samples_per_item
+    else:
+        train = ctx.splits.train
+        entries, record = correction(cfg, train, len(ctx.splits.classes))
+        contrast = ContrastiveBatches(cfg, train, entries, tokenize)
+        plan = batch_plan(cfg, phase)
+        steps_per_epoch, samples_per_item = plan.steps(contrast.n_items), contrast.samples_per_item
+
+        def batches(epoch: int, start: int, data_state=None):
+            collate, order = contrast.collate_and_order(epoch)
+            return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
+
     if dist.is_main():
         log.info(
             "cl: imbalance %s: class sizes %s -> %s", cfg.cl.imbalance, record["counts"], record["corrected_counts"]
         )
-    contrast = ContrastiveBatches(cfg, train, entries, tokenize)
     n_levels = len(ctx.splits.label_names)
     loss_fn = contrastive_loss(cfg, n_levels)
-    plan = batch_plan(cfg, phase)
-    steps_per_epoch = plan.steps(contrast.n_items)
     engine = ds.initialize(encoder, cfg, phase, loop.total_steps(cfg.cl, steps_per_epoch), encoder.hidden_size)
-
-    def batches(epoch: int, start: int, data_state=None):
-        collate, order = contrast.collate_and_order(epoch)
-        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
 
     def step_loss(eng, batch):
         return loss_fn(eng(batch["input_ids"], batch["attention_mask"]), batch["levels"])
 
     evaluate = contrastive_evaluator(cfg, phase, lambda: engine.module, tokenize, ctx.splits.validation, n_levels)
     state = loop.train(
-        loop.PhaseRun(
-            phase, engine, steps_per_epoch, batches, step_loss, evaluate, samples_per_item=contrast.samples_per_item
-        ),
+        loop.PhaseRun(phase, engine, steps_per_epoch, batches, step_loss, evaluate, samples_per_item=samples_per_item),
         cfg,
         ctx.phase_dir(phase),
     )

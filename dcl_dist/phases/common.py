@@ -18,6 +18,7 @@ from dcl_dist import engine as ds
 from dcl_dist.config import Config, accumulation_steps
 from dcl_dist.data.batching import BatchPlan, Tokenize, make_loader
 from dcl_dist.data.splits import Splits, TextSet
+from dcl_dist.data.streaming import StreamFeed
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.losses.pair_cosine import InBatchCosineLoss, PairCosineLoss, all_pairs_cosine_mse, level_weights
 from dcl_dist.losses.supcon import SupConLoss
@@ -103,6 +104,13 @@ def epoch_loader(
 ) -> torch.utils.data.DataLoader:
     """This rank's micro-batches of one epoch, from start_step, collated (in worker processes on a GPU host)."""
     return make_loader(plan.micro_batches(order, dist.rank(), start_step, steps), collate, num_workers(cfg))
+
+
+def stream_feed(ctx: PhaseContext, phase: str, tokenize: Tokenize, ratios: list[float] | None = None) -> StreamFeed:
+    """The phase's training batches read from the stream (data.streaming); ratios: the imbalance correction's."""
+    return StreamFeed(
+        ctx.cfg, phase, ctx.splits.stream, tokenize, batch_plan(ctx.cfg, phase), num_workers(ctx.cfg), ratios
+    )
 
 
 def eval_batch_size(cfg: Config, phase: str) -> int:

@@ -15,7 +15,7 @@ from torch import nn
 from dcl_dist import engine as ds
 from dcl_dist import loop
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.data.contrastive import ContrastiveBatches, correction
+from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.losses.reconstruction import ReconstructionLoss
 from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder
@@ -30,6 +30,7 @@ from dcl_dist.phases.common import (
     resolve_max_length,
     save_artifact,
     seed_everything,
+    stream_feed,
     truncation_note,
 )
 
@@ -85,16 +86,22 @@ def run(ctx: PhaseContext) -> dict:
     report_trainable(model, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
 
-    train = ctx.splits.train
-    entries, record = correction(cfg, train, len(ctx.splits.classes))
-    contrast = ContrastiveBatches(cfg, train, entries, tokenize, with_dae=True)
-    plan = batch_plan(cfg, phase)
-    steps_per_epoch = plan.steps(contrast.n_items)
-    engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
+    if ctx.splits.stream is not None:
+        ratios, record = correction_ratios(cfg, ctx.splits.stream.class_counts)
+        feed = stream_feed(ctx, phase, tokenize, ratios)
+        steps_per_epoch, batches, samples_per_item = feed.steps_per_epoch, feed.batches, feed.samples_per_item
+    else:
+        train = ctx.splits.train
+        entries, record = correction(cfg, train, len(ctx.splits.classes))
+        contrast = ContrastiveBatches(cfg, train, entries, tokenize, with_dae=True)
+        plan = batch_plan(cfg, phase)
+        steps_per_epoch, samples_per_item = plan.steps(contrast.n_items), contrast.samples_per_item
 
-    def batches(epoch: int, start: int, data_state=None):
-        collate, order = contrast.collate_and_order(epoch)
-        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
+        def batches(epoch: int, start: int, data_state=None):
+            collate, order = contrast.collate_and_order(epoch)
+            return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
+
+    engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
 
     evaluate = contrastive_evaluator(
         cfg, phase, lambda: engine.module.encoder, tokenize, ctx.splits.validation, n_levels
@@ -107,7 +114,7 @@ def run(ctx: PhaseContext) -> dict:
             batches,
             lambda eng, b: eng(b),
             evaluate,
-            samples_per_item=contrast.samples_per_item,
+            samples_per_item=samples_per_item,
         ),
         cfg,
         ctx.phase_dir(phase),
