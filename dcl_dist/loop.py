@@ -98,8 +98,9 @@ class Logger:
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a crashed run wrote after the checkpoint we resume from
-            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step or None)
+            # purge_step drops events a crashed run wrote after the checkpoint we resume from (those of its own
+            # step were written before it was saved, and stay)
+            self.writer = SummaryWriter(str(run_dir / "tb" / phase), purge_step=first_step + 1 if first_step else None)
         if cfg.logging.progress_bar:
             from tqdm import tqdm
 

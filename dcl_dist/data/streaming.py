@@ -130,8 +130,10 @@ class RecordReader:
         self.empty_text = cfg.data.empty_text
         self.rank = dist.rank()
 
-    def where(self, record: int) -> str:
-        return f"{self.source} (record {record} of rank {self.rank}'s share)"
+    def where(self, record: int, text: str | None = None) -> str:
+        """The source, the record's number in this rank's share and the start of its text (to grep for)."""
+        shown = f", text {text[:60]!r}" if text is not None else ""
+        return f"{self.source} (record {record} of rank {self.rank}'s share{shown})"
 
     def __call__(self, row: dict, record: int) -> tuple[str, tuple] | None:
         """(text, raw labels per level) of a row, or None for an empty text that is skipped."""
@@ -159,7 +161,7 @@ class RecordReader:
             if names is not None and isinstance(value, int) and 0 <= value < len(names):
                 value = names[value]
             if value is None or (isinstance(value, str) and not value.strip()):
-                raise DataError(f"{self.where(record)}: empty label in field '{f}': give every train example a label")
+                raise DataError(f"{self.where(record, text)}: empty label in field '{f}': give every example a label")
             labels.append(value)
         return text, tuple(labels)
 
@@ -356,10 +358,10 @@ class RankStream:
         for level, value in enumerate(raw):
             i = self.index[level].get(str(value))
             if i is None:
-                shown = ", ".join(self.label_names[level][:20])
+                known = self.label_names[level]
                 raise DataError(
-                    f"{self._reader.where(st.records)}: label {value!r} is not one of the {len(self.index[level])}"
-                    f" classes ({shown}) that data.class_counts or the counting pass gave: add it to"
+                    f"{self._reader.where(st.records, text)}: label {value!r} is not one of the {len(known)}"
+                    f" classes ({', '.join(known[:20])}) that data.class_counts or the counting pass gave: add it to"
                     " data.class_counts (or remove data.class_counts to count the stream), or fix the record"
                 )
             levels.append(i)
