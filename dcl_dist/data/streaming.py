@@ -12,11 +12,14 @@ is its content and a counter. The loop's epochs are windows of steps_per_epoch s
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
+import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -213,52 +216,120 @@ def sorted_names(values: dict[Any, int]) -> tuple[list[str], list[int]]:
     return list(merged), list(merged.values())
 
 
+COUNTS_FILE = "stream_counts.json"
+"""In the run directory: the counting pass's result, reused by a re-run over the same files."""
+
+
 def describe_stream(cfg: Config) -> TrainStream:
     """The training stream's labels and sizes: from data.class_counts, or from a counting pass over the stream.
 
-    Every rank counts its own share (reading, no tokenising) and the counts are summed over ranks. The pass
-    runs when labels are not given (or there are hierarchy levels to name), and over data.unlabelled only when
-    phase dae has no dae.max_steps (its epoch length needs the number of records).
+    The pass runs when labels are not given (or there are hierarchy levels to name), and over data.unlabelled
+    only when phase dae has no dae.max_steps (its epoch length needs the number of records). Every rank counts
+    its own share (reading, no tokenising); the result is kept in <run.dir>/stream_counts.json for re-runs.
     """
     d = cfg.data
-    label_fields = [d.label_field, *d.hierarchy_fields]
-    if d.class_counts is not None and not d.hierarchy_fields:
+    need_train = d.class_counts is None or bool(d.hierarchy_fields)
+    need_unlabelled = "dae" in cfg.phases() and cfg.dae.max_steps is None and bool(d.unlabelled)
+    counted = _counts(cfg, need_train, need_unlabelled)
+    if need_train:
+        levels = [names for names, _ in counted["train"]]
+        counts = counted["train"][0][1]
+        if d.class_counts is not None:
+            log.warning("data.class_counts is not used with data.hierarchy_fields: the stream was counted")
+    else:
         names, counts = sorted_names(d.class_counts)
         levels = [names]
-    else:
-        local = [Counter() for _ in label_fields]
-        for _, labels in read_share(cfg, d.train, "train", label_fields):
-            for level, value in enumerate(labels):
-                local[level][value] += 1
-        totals = [Counter() for _ in label_fields]
-        for per_rank in dist.all_gather_object(local):
-            for level, counter in enumerate(per_rank):
-                totals[level].update(counter)
-        if not totals[0]:
-            raise DataError(f"train split {d.train}: no rows with text: check the files and data.text_field")
-        levels, counts = [], []
-        for counter in totals:
-            names, level_counts = sorted_names(counter)
-            levels.append(names)
-            counts = counts or level_counts
-        if d.class_counts is not None:
-            given, given_counts = sorted_names(d.class_counts)
-            if (given, given_counts) != (levels[0], counts):
-                log.warning("data.class_counts %s differ from the counted %s: using the counted ones", given, counts)
-    unlabelled = None
-    if "dae" in cfg.phases() and cfg.dae.max_steps is None and d.unlabelled:
-        local_n = sum(1 for s in d.unlabelled for _ in read_share(cfg, s, "unlabelled", []))
-        unlabelled = int(dist.sum_floats(local_n)[0])
-    stream = TrainStream(d.train, list(d.unlabelled), levels, counts, unlabelled)
+    stream = TrainStream(d.train, list(d.unlabelled), levels, counts, counted.get("unlabelled"))
     if dist.is_main():
         log.info(
             "train stream %s: %s records in %d classes%s",
             d.train,
             f"{stream.records:,}",
             len(levels[0]),
-            f", unlabelled: {unlabelled:,} records" if unlabelled is not None else "",
+            f", unlabelled: {stream.unlabelled_records:,} records" if stream.unlabelled_records is not None else "",
         )
     return stream
+
+
+def _counts(cfg: Config, need_train: bool, need_unlabelled: bool) -> dict:
+    """{"train": [(names, counts) per level], "unlabelled": records}, as needed: from the run's file or counted."""
+    if not (need_train or need_unlabelled):
+        return {}
+    path = Path(cfg.run.dir) / COUNTS_FILE
+    # rank 0 decides, so that every rank takes part in the same collectives
+    key = dist.broadcast_object(_fingerprint(cfg) if dist.is_main() else None)
+    cached = dist.broadcast_object(_read_counts(path, key) if dist.is_main() else None)
+    out = dict(cached or {})
+    d = cfg.data
+    if need_train and "train" not in out:
+        fields = [d.label_field, *d.hierarchy_fields]
+
+        def count_train() -> list[Counter]:
+            local = [Counter() for _ in fields]
+            for _, labels in read_share(cfg, d.train, "train", fields):
+                for level, value in enumerate(labels):
+                    local[level][value] += 1
+            return local
+
+        per_rank = _on_every_rank(count_train)
+        totals = [sum((ranks[level] for ranks in per_rank), Counter()) for level in range(len(fields))]
+        if not totals[0]:
+            raise DataError(f"train split {d.train}: no rows with text: check the files and data.text_field")
+        out["train"] = [sorted_names(counter) for counter in totals]
+    if need_unlabelled and "unlabelled" not in out:
+        per_rank = _on_every_rank(lambda: sum(1 for s in d.unlabelled for _ in read_share(cfg, s, "unlabelled", [])))
+        out["unlabelled"] = sum(per_rank)
+    if dist.is_main() and out != cached and path.parent.is_dir():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, **out}, indent=1))
+        os.replace(tmp, path)
+    return out
+
+
+def _on_every_rank(count: Callable[[], Any]) -> list[Any]:
+    """count() on every rank, gathered in rank order; a DataError on any rank is raised on all (none waits)."""
+    try:
+        result, error = count(), None
+    except DataError as e:
+        result, error = None, str(e)
+    gathered = dist.all_gather_object((result, error))
+    errors = [e for _, e in gathered if e is not None]
+    if errors:
+        raise DataError(errors[0])
+    return [r for r, _ in gathered]
+
+
+def _fingerprint(cfg: Config) -> dict:
+    """What the counts depend on: the sources (local files with their sizes and times), fields and empty-text rule."""
+    d = cfg.data
+
+    def files(source: str) -> Any:
+        if not looks_like_path(source):
+            return source  # a hub dataset: its name (a new revision under the same name is not noticed)
+        return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in expand_paths(source)]
+
+    return json.loads(
+        json.dumps(
+            {
+                "train": files(d.train),
+                "unlabelled": [files(s) for s in d.unlabelled],
+                "fields": [d.text_field, d.label_field, *d.hierarchy_fields],
+                "empty_text": d.empty_text,
+            }
+        )
+    )
+
+
+def _read_counts(path: Path, key: dict) -> dict | None:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.pop("key", None) != key:
+        return None
+    if "train" in saved:
+        saved["train"] = [(list(names), list(counts)) for names, counts in saved["train"]]
+    return saved
 
 
 # ---------------------------------------------------------------------------------------------------------------------

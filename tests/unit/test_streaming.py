@@ -243,3 +243,21 @@ def test_empty_share_is_a_clear_error(tmp_path, monkeypatch):
     stream = RankStream(cfg, [str(tmp_path / "train-*.jsonl")], ["label"], [["a"]], 1)
     with pytest.raises(DataError, match="rank 1's share of .* holds no records"):
         stream.next_micro_batch()
+
+
+def test_counts_are_kept_for_a_rerun_over_the_same_files(tmp_path, monkeypatch):
+    write_corpus(tmp_path)
+    (tmp_path / "run").mkdir()
+    cfg = stream_config(tmp_path, f"data.unlabelled={tmp_path / 'extra.txt'}")
+    first = load_splits(cfg).stream
+    assert first.label_names == [["food", "music", "weather"]] and first.class_counts == [5, 24, 90]
+    assert first.unlabelled_records == 40
+    counted = []
+    read_share = streaming.read_share
+    monkeypatch.setattr(streaming, "read_share", lambda *a: counted.append(a[1]) or read_share(*a))
+    assert load_splits(cfg).stream == first and counted == []  # read back from <run.dir>/stream_counts.json
+    with open(tmp_path / "train-1.jsonl", "a") as f:
+        f.write(json.dumps({"text": "one more", "label": "food"}) + "\n")
+    again = load_splits(cfg).stream
+    assert again.class_counts[again.label_names[0].index("food")] == SIZES["food"] + 1
+    assert str(tmp_path / "train-*.jsonl") in counted
