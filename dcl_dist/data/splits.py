@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcl_dist.config import Config
-from dcl_dist.data.sources import DataError, Record, read_source
+from dcl_dist.data.sources import DataError, Record, label_order, read_source, text_and_labels
 from dcl_dist.data.streaming import TrainStream, describe_stream
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,6 @@ class Splits:
         return self.label_names[0]
 
 
-def _label_key(value: Any) -> tuple[int, Any]:
-    # integers sort numerically, everything else as text
-    return (0, value) if isinstance(value, int) and not isinstance(value, bool) else (1, str(value))
-
-
 def read_rows(
     source: str, role: str, text_field: str, label_fields: list[str] | None, empty_text: str
 ) -> tuple[list[str], list[tuple[Any, ...]] | None, int]:
@@ -80,30 +75,13 @@ def read_rows(
     skipped = 0
     record: Record | None = None
     for record in read_source(source, role, text_field):
-        wanted = [text_field, *(label_fields or [])]
-        missing = [f for f in wanted if f not in record.fields]
-        if missing:
-            found = ", ".join(map(str, record.fields)) or "none"
-            key = "data.text_field" if missing[0] == text_field else "data.label_field / data.hierarchy_fields"
-            raise DataError(f"{record.where}: no field '{missing[0]}' (fields found: {found}): set {key}")
-        text = record.fields[text_field]
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
-            text = str(text)
-        if not isinstance(text, str):
-            raise DataError(f"{record.where}: field '{text_field}' holds {type(text).__name__}, not text")
-        if not text.strip():
-            if empty_text == "error":
-                raise DataError(
-                    f"{record.where}: empty text: remove the line, or set data.empty_text: skip to leave such rows out"
-                )
+        parsed = text_and_labels(record.where, record.fields, text_field, label_fields or [], empty_text, role)
+        if parsed is None:
             skipped += 1
             continue
         if labels is not None:
-            row = tuple(record.fields[f] for f in label_fields)
-            if any(v is None or (isinstance(v, str) and not v.strip()) for v in row):
-                raise DataError(f"{record.where}: empty label: give every {role} example a label")
-            labels.append(row)
-        texts.append(text)
+            labels.append(parsed[1])
+        texts.append(parsed[0])
     if record is None:
         raise DataError(f"{role} split {source}: no rows: check the file (it is empty) or the split name")
     if not texts:
@@ -180,7 +158,7 @@ def load_splits(cfg: Config) -> Splits:
     label_fields = [d.label_field, *d.hierarchy_fields]
     texts, raw, skipped = read_rows(d.train, "train", d.text_field, label_fields, d.empty_text)
     names = [
-        [str(v) for v in sorted({row[level] for row in raw}, key=_label_key)] for level in range(len(label_fields))
+        [str(v) for v in sorted({row[level] for row in raw}, key=label_order)] for level in range(len(label_fields))
     ]
     train = TextSet(texts, _to_ids(raw, names, "train", d.train))
     if d.max_train_examples is not None and d.max_train_examples < len(train):

@@ -52,7 +52,7 @@ def _rank_pass(folder: str) -> tuple[list[str], list[int], list[str]]:
     from dcl_dist.data.splits import load_splits
     from dcl_dist.data.streaming import RankStream
 
-    cfg = load_config(None, stream_overrides(Path(folder)))
+    cfg = load_config(None, [*stream_overrides(Path(folder)), f"run.dir={folder}/run"])
     stream = load_splits(cfg).stream
     rank_stream = RankStream(cfg, [stream.source], ["label"], stream.label_names, micro=1)
     texts = []
