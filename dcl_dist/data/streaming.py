@@ -163,10 +163,10 @@ def read_share(cfg: Config, source: str, role: str, label_fields: list[str]) -> 
             yield parsed
 
 
-def _rows(share: Any, reader: RecordReader) -> Iterator[dict]:
-    """The rows of a share, with reading errors (bad JSON, a damaged parquet file) as one DataError."""
+def _rows(share: Any, reader: RecordReader, record: int = 0) -> Iterator[dict]:
+    """The rows of a share (`record` of them read before), with reading errors (bad JSON, a damaged parquet file)
+    as one DataError."""
     it = iter(share)
-    record = 0
     while True:
         try:
             row = next(it)
@@ -175,9 +175,10 @@ def _rows(share: Any, reader: RecordReader) -> Iterator[dict]:
         except DataError:
             raise
         except Exception as e:  # pyarrow and the builders raise many types for a bad file
+            # the builders parse a chunk ahead, so the bad record is at or after this point, not necessarily here
             raise DataError(
-                f"{reader.where(record + 1)}: cannot read it ({type(e).__name__}: {e}): fix or remove the bad record"
-                " (a local file read with data.streaming: false names its line)"
+                f"{reader.source} (rank {reader.rank}'s share, after record {record}): cannot read it"
+                f" ({type(e).__name__}: {e}): fix or remove the bad record"
             ) from None
         record += 1
         yield row
@@ -381,7 +382,7 @@ class RankStream:
         self._share = rank_share(dataset, self.rank, self.world)
         if st.hf is not None:
             self._share.load_state_dict(st.hf)
-        self._rows = _rows(self._share, self._reader)
+        self._rows = _rows(self._share, self._reader, st.records)
 
     def _read(self) -> list[Example] | None:
         """The next record's examples (its copies, in phases that correct the imbalance); None once the pass is read."""

@@ -261,3 +261,13 @@ def test_counts_are_kept_for_a_rerun_over_the_same_files(tmp_path, monkeypatch):
     again = load_splits(cfg).stream
     assert again.class_counts[again.label_names[0].index("food")] == SIZES["food"] + 1
     assert str(tmp_path / "train-*.jsonl") in counted
+
+
+def test_bad_json_in_a_stream_names_the_source(tmp_path):
+    write_corpus(tmp_path, files=1)
+    with open(tmp_path / "train-0.jsonl", "a") as f:
+        f.write('{"text": "broken", "label": \n')
+    with pytest.raises(
+        DataError, match=r"train-\*\.jsonl \(rank 0's share, after record \d+\): cannot read it \(.*JSON"
+    ):
+        load_splits(stream_config(tmp_path))  # the counting pass meets it first
