@@ -17,6 +17,7 @@ from dcl_dist import dist
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, accumulation_steps
 from dcl_dist.data.batching import BatchPlan, Tokenize, make_loader
+from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.data.splits import Splits, TextSet
 from dcl_dist.data.streaming import StreamFeed
 from dcl_dist.evaluation import encoder_diagnostics
@@ -111,6 +112,28 @@ def stream_feed(ctx: PhaseContext, phase: str, tokenize: Tokenize, ratios: list[
     return StreamFeed(
         ctx.cfg, phase, ctx.splits.stream, tokenize, batch_plan(ctx.cfg, phase), num_workers(ctx.cfg), ratios
     )
+
+
+def contrastive_batches(
+    ctx: PhaseContext, phase: str, tokenize: Tokenize, with_dae: bool = False
+) -> tuple[int, Callable, int, dict]:
+    """(steps per epoch, batches, examples per batch row, correction record) of phase cl or joint: the corrected
+    set in memory, or the stream corrected one example at a time; with_dae adds the denoising inputs (joint)."""
+    cfg = ctx.cfg
+    if ctx.splits.stream is not None:
+        ratios, record = correction_ratios(cfg, ctx.splits.stream.class_counts)
+        feed = stream_feed(ctx, phase, tokenize, ratios)
+        return feed.steps_per_epoch, feed.batches, feed.samples_per_item, record
+    entries, record = correction(cfg, ctx.splits.train, len(ctx.splits.classes))
+    contrast = ContrastiveBatches(cfg, ctx.splits.train, entries, tokenize, with_dae)
+    plan = batch_plan(cfg, phase)
+    steps_per_epoch = plan.steps(contrast.n_items)
+
+    def batches(epoch: int, start: int, data_state=None):
+        collate, order = contrast.collate_and_order(epoch)
+        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
+
+    return steps_per_epoch, batches, contrast.samples_per_item, record
 
 
 def eval_batch_size(cfg: Config, phase: str) -> int:

@@ -15,22 +15,19 @@ from torch import nn
 from dcl_dist import engine as ds
 from dcl_dist import loop
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.losses.reconstruction import ReconstructionLoss
 from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.common import (
     PhaseContext,
-    batch_plan,
+    contrastive_batches,
     contrastive_evaluator,
     contrastive_loss,
-    epoch_loader,
     load_start,
     report_trainable,
     resolve_max_length,
     save_artifact,
     seed_everything,
-    stream_feed,
     truncation_note,
 )
 
@@ -86,21 +83,7 @@ def run(ctx: PhaseContext) -> dict:
     report_trainable(model, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
 
-    if ctx.splits.stream is not None:
-        ratios, record = correction_ratios(cfg, ctx.splits.stream.class_counts)
-        feed = stream_feed(ctx, phase, tokenize, ratios)
-        steps_per_epoch, batches, samples_per_item = feed.steps_per_epoch, feed.batches, feed.samples_per_item
-    else:
-        train = ctx.splits.train
-        entries, record = correction(cfg, train, len(ctx.splits.classes))
-        contrast = ContrastiveBatches(cfg, train, entries, tokenize, with_dae=True)
-        plan = batch_plan(cfg, phase)
-        steps_per_epoch, samples_per_item = plan.steps(contrast.n_items), contrast.samples_per_item
-
-        def batches(epoch: int, start: int, data_state=None):
-            collate, order = contrast.collate_and_order(epoch)
-            return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
-
+    steps_per_epoch, batches, samples_per_item, record = contrastive_batches(ctx, phase, tokenize, with_dae=True)
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
 
     evaluate = contrastive_evaluator(

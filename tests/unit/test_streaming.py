@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections import Counter
 
 import pytest
 import torch
 
+import streams
 from dcl_dist.config import ConfigError, load_config
 from dcl_dist.data import streaming
 from dcl_dist.data.balance import class_ratios, corrected_sizes
@@ -21,39 +21,14 @@ from dcl_dist.data.splits import load_splits
 from dcl_dist.data.streaming import RankStream, StreamFeed
 
 SIZES = {"weather": 90, "music": 24, "food": 5}
-WORDS = "the a of to is it please play book find show me what some new old music song table rain".split()
 
 
-def write_corpus(folder, sizes=SIZES, files=2, seed=0):
-    """Labelled jsonl shards, a validation file and an unlabelled .txt corpus; returns the rows."""
-    rng = random.Random(seed)
-    rows = [
-        {"text": f"{label} {i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 10))), "label": label}
-        for label, n in sizes.items()
-        for i in range(n)
-    ]
-    rng.shuffle(rows)
-    for k in range(files):
-        with open(folder / f"train-{k}.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows[k::files])
-    with open(folder / "validation.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows[:12])
-    (folder / "extra.txt").write_text("".join(f"unlabelled {i} " + r["text"] + "\n" for i, r in enumerate(rows[:40])))
-    return rows
+def write_corpus(folder, sizes=SIZES, files=2):
+    return streams.write_corpus(folder, sizes, files)
 
 
 def stream_config(folder, *overrides):
-    return load_config(
-        None,
-        [
-            f"run.dir={folder / 'run'}",
-            f"data.train={folder / 'train-*.jsonl'}",
-            f"data.validation={folder / 'validation.jsonl'}",
-            "data.streaming=true",
-            "data.shuffle_buffer_size=16",
-            *overrides,
-        ],
-    )
+    return load_config(None, [*streams.stream_overrides(folder), "data.shuffle_buffer_size=16", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +154,7 @@ def test_correction_on_a_stream_matches_the_in_memory_sizes(tmp_path):
 
 def test_shuffle_buffer_mixes_reproducibly(tmp_path):
     rows = write_corpus(tmp_path, files=1)
-    file_order = [r["text"] for r in rows[0::1]]
+    file_order = [r["text"] for r in rows]
 
     def texts(*overrides):
         cfg = stream_config(tmp_path, *overrides)
