@@ -24,16 +24,9 @@ def launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
 def test_three_phase_on_two_ranks_with_the_deepspeed_launcher(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
-    proc = launch(
-        [deepspeed, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "dcl_dist.cli"],
-        [
-            "train",
-            "--config",
-            "configs/quickstart.yaml",
-            *tiny_overrides(tiny_model, small_data, run_dir),
-            "deepspeed.zero_stage=3",
-        ],
-    )
+    proc = launch([deepspeed, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "dcl_dist.cli"],
+                  ["train", "--config", "configs/quickstart.yaml", *tiny_overrides(tiny_model, small_data, run_dir),
+                   "deepspeed.zero_stage=3"])
     assert "test: accuracy" in proc.stdout
     assert proc.stdout.count("test: accuracy") == 1  # rank 0 alone reports
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -49,26 +42,9 @@ def test_three_phase_on_two_ranks_with_the_deepspeed_launcher(tiny_model, small_
 
 def test_ft_on_two_ranks_with_torchrun(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
-    proc = launch(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "-m",
-            "dcl_dist.cli",
-        ],
-        [
-            "train",
-            "--config",
-            "configs/quickstart.yaml",
-            *tiny_overrides(tiny_model, small_data, run_dir),
-            "run.variant=ft",
-            "deepspeed.zero_stage=2",
-        ],
-    )
+    proc = launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_port", str(free_port()), "-m", "dcl_dist.cli"],
+                  ["train", "--config", "configs/quickstart.yaml", *tiny_overrides(tiny_model, small_data, run_dir),
+                   "run.variant=ft", "deepspeed.zero_stage=2"])
     assert proc.stdout.count("test: accuracy") == 1
     assert (run_dir / "ft" / "artifact" / "head" / "model.safetensors").is_file()

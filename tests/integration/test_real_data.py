@@ -19,21 +19,11 @@ THRESHOLD = 0.80
 def test_minilm_three_phase_on_snips(minilm, snips, tmp_path):
     run_dir = tmp_path / "run"
     dcl_dist(
-        "train",
-        "--config",
-        "configs/quickstart.yaml",
-        f"run.dir={run_dir}",
-        f"model.name_or_path={minilm}",
-        "model.max_length=32",
-        f"data.train={snips / 'train.jsonl'}",
-        f"data.validation={snips / 'validation.jsonl'}",
-        f"data.test={snips / 'test.jsonl'}",
-        "data.max_train_examples=350",
-        "dae.max_steps=12",
-        "cl.max_steps=12",
-        "ft.epochs=3",
-        "ft.patience=2",
-        "ft.lr=1e-4",
+        "train", "--config", "configs/quickstart.yaml",
+        f"run.dir={run_dir}", f"model.name_or_path={minilm}", "model.max_length=32",
+        f"data.train={snips / 'train.jsonl'}", f"data.validation={snips / 'validation.jsonl'}",
+        f"data.test={snips / 'test.jsonl'}", "data.max_train_examples=350",
+        "dae.max_steps=12", "cl.max_steps=12", "ft.epochs=3", "ft.patience=2", "ft.lr=1e-4",
         "logging.progress_bar=false",
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
