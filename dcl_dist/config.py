@@ -91,9 +91,13 @@ class DataConfig:
     empty_text: Literal["skip", "error"] = "skip"
     """Empty or whitespace-only texts: skip them (and count them in the log) or stop with an error."""
     streaming: bool = False
-    """Read splits as streams instead of loading them in memory (corpora larger than memory)."""
+    """Stream train (and unlabelled) through a shuffle buffer, sharded by rank, instead of loading it in memory."""
+    shuffle_buffer_size: int = 10_000
+    """Streaming: records each rank holds in its shuffle buffer (more mixes better; it is saved in checkpoints)."""
+    class_counts: dict[str | int, int] | None = None
+    """Streaming: training examples per class of label_field; sets the labels and the correction without counting."""
     group_by_length: bool = True
-    """Fill each global batch with texts of similar length (less padding work); not for cl's in_batch mode."""
+    """Fill each global batch with texts of similar length (less padding); in memory, not cl's in_batch mode."""
     num_workers: int | None = None
     """DataLoader worker processes that tokenise ahead of the model; null: 2 on a GPU, 0 on a CPU."""
 
@@ -341,6 +345,9 @@ def type_name(hint: Any) -> str:
         return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(hint))
     if origin is list:
         return "list of " + type_name(typing.get_args(hint)[0])
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return f"mapping ({type_name(key_hint)} -> {type_name(value_hint)})"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -457,6 +464,18 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             if ok:
                 return True, v
         return False, value
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False, value
+        key_hint, value_hint = typing.get_args(hint)
+        out = {}
+        for k, v in value.items():
+            ok_key, k = _coerce(k, key_hint)
+            ok_value, v = _coerce(v, value_hint)
+            if not (ok_key and ok_value):
+                return False, value
+            out[k] = v
+        return True, out
     if origin is list:
         if not isinstance(value, list):
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -552,6 +571,7 @@ def _check_ranges(cfg: Config, where: dict[str, str], failed: set[str]) -> list[
         bad("data.num_workers", "must be >= 0, or null for the default")
     if cfg.data.max_train_examples is not None and cfg.data.max_train_examples < 2:
         bad("data.max_train_examples", "must be at least 2, or null for all")
+    _check_streaming(cfg, bad)
     if isinstance(cfg.model.max_length, int) and not 2 <= cfg.model.max_length <= 8192:
         bad("model.max_length", f"is {cfg.model.max_length}: use 2..8192 or auto")
     for name in ("dae", "cl", "ft", "joint"):
@@ -649,6 +669,28 @@ def _check_lora(cfg: Config, bad: Callable[[str, str], None]) -> None:
 
     for problem in target_problems(cfg.model.name_or_path, lora.target_modules):
         bad("lora.target_modules", problem)
+
+
+def _check_streaming(cfg: Config, bad: Callable[[str, str], None]) -> None:
+    """Settings that only make sense with (or without) data.streaming, reported through bad(key, message)."""
+    d = cfg.data
+    if d.shuffle_buffer_size < 1:
+        bad("data.shuffle_buffer_size", "must be at least 1 (1: no shuffling)")
+    if d.class_counts is not None:
+        if not d.streaming:
+            bad("data.class_counts", "is only read with data.streaming: true (in memory, counts are exact): remove it")
+        elif not d.class_counts or any(n < 1 for n in d.class_counts.values()):
+            bad("data.class_counts", "needs at least one class and a count >= 1 for each, like {spam: 120, ham: 3400}")
+    if not d.streaming:
+        return
+    if not d.validation:
+        bad(
+            "data.validation",
+            "is needed with data.streaming: a stream cannot hold out a stratified share of train without"
+            " reading all of it into memory: give a validation file or hub split (it is read in memory)",
+        )
+    if d.max_train_examples is not None:
+        bad("data.max_train_examples", "needs data in memory: with data.streaming, cap phases with <phase>.max_steps")
 
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".txt")

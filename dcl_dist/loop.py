@@ -48,7 +48,8 @@ class PhaseRun:
     """(epoch, first step, data state or None) -> this rank's micro-batches of that epoch from that step on.
 
     A micro-batch may carry "data_state": where its source stands once it is consumed (a stream's shard, offset
-    and buffer). The loop saves the last one in each rank's checkpoint and hands it back on resume.
+    and buffer). The loop saves the last one in each rank's checkpoint and hands it back on resume and at the
+    start of every later epoch.
     """
     loss: Callable[[Any, dict], torch.Tensor]
     """(engine, batch on device) -> scalar loss of the micro-batch."""
@@ -322,8 +323,7 @@ def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
                 raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, checkpoint {saved}")
         if state.step_in_epoch >= run.steps_per_epoch:
             state.epoch += 1
-            state.step_in_epoch = 0
-            data_state = None
+            state.step_in_epoch = 0  # data_state goes on: a stream's next epoch starts where this one stopped
     state.finished = True
     checkpoint()
     logger.close()

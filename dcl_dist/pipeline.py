@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
         else:
             if dist.is_main():
                 phase_dir.mkdir(parents=True, exist_ok=True)
-                (phase_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+                # atomically: the other ranks may be reading it in check_settings right now
+                (phase_dir / (SETTINGS_FILE + ".tmp")).write_text(json.dumps(settings, indent=2))
+                os.replace(phase_dir / (SETTINGS_FILE + ".tmp"), phase_dir / SETTINGS_FILE)
                 log.info("%s: starting from %s", phase, source)
             dist.barrier()
             PHASES[phase](

@@ -34,6 +34,16 @@ def corrected_sizes(counts: list[int], ratios: list[float]) -> list[int]:
     return [round(r * n) for n, r in zip(counts, ratios)]
 
 
+def stream_copies(ratio: float, u: float) -> int:
+    """Copies a stream emits of one example of a class with this ratio (the original included), u uniform in [0, 1).
+
+    floor(ratio) copies, plus one more with probability frac(ratio) (METHOD.md): in expectation ratio_k * n_k
+    per class, the size the in-memory correction gives, without knowing the example's place in its class.
+    """
+    whole = math.floor(ratio)
+    return whole + (1 if u < ratio - whole else 0)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One element of the corrected set: an example (by index) and which copy of it; copy 0 is the original."""

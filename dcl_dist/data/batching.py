@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -177,6 +178,66 @@ def dae_targets(tokenize: Tokenize, clean: list[str]) -> dict[str, torch.Tensor]
     return {"decoder_input_ids": ids[:, :-1], "decoder_attention_mask": mask[:, :-1], "decoder_labels": labels}
 
 
+class Example(NamedTuple):
+    """One text as a batch sees it: label levels, stable id (noise key), copy number (0: the original) and the
+    epoch its noise is drawn for. The in-memory collators make these from item indices; a stream yields them."""
+
+    text: str
+    levels: tuple[int, ...] | None
+    id: int
+    copy: int = 0
+    epoch: int = 0
+
+
+def ft_batch(tokenize: Tokenize, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Classification batch: texts and class ids (level 0)."""
+    batch = tokenize([e.text for e in examples])
+    if examples and examples[0].levels is not None:
+        batch["labels"] = torch.tensor([e.levels[0] for e in examples])
+    return batch
+
+
+def dae_batch(tokenize: Tokenize, noise: Noise, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Denoising batch: the noisy text for the encoder, the clean text for the decoder."""
+    clean = [e.text for e in examples]
+    noisy = [noise.dae(e.text, e.id, e.epoch, e.copy) for e in examples]
+    return {**tokenize(noisy), **dae_targets(tokenize, clean)}
+
+
+def contrastive_texts(noise: Noise, examples: list[Example]) -> list[str]:
+    """The texts a contrastive batch embeds: originals as they are, extra copies lightly noised."""
+    return [noise.copy(e.text, e.id, e.copy, e.epoch) for e in examples]
+
+
+def cl_batch(tokenize: Tokenize, noise: Noise, examples: list[Example], with_dae: bool) -> dict[str, torch.Tensor]:
+    """In-batch contrastive batch: texts and label levels; with_dae adds the denoising inputs of the same texts."""
+    texts = contrastive_texts(noise, examples)
+    batch = {**tokenize(texts), "levels": torch.tensor([e.levels for e in examples])}
+    if with_dae:
+        batch.update(_dae_part(tokenize, noise, examples, texts))
+    return batch
+
+
+def pair_batch(
+    tokenize: Tokenize, noise: Noise, first: list[Example], second: list[Example], with_dae: bool
+) -> dict[str, torch.Tensor]:
+    """The paper's pair batch: rows 0..B-1 are the pairs' first texts, rows B..2B-1 their partners."""
+    a_texts = contrastive_texts(noise, first)
+    # one padded tensor of 2 x batch rows (the a texts, then the b texts): one forward pass embeds both
+    batch = {
+        **tokenize(a_texts + contrastive_texts(noise, second)),
+        "levels": torch.tensor([e.levels for e in first + second]),
+    }
+    if with_dae:
+        batch.update(_dae_part(tokenize, noise, first, a_texts))
+    return batch
+
+
+def _dae_part(tokenize: Tokenize, noise: Noise, examples: list[Example], clean: list[str]) -> dict[str, torch.Tensor]:
+    noisy = [noise.dae(t, e.id, e.epoch, e.copy) for t, e in zip(clean, examples)]
+    return {**_prefixed("dae_", tokenize(noisy)), **dae_targets(tokenize, clean)}
+
+
 class FtCollate:
     """Classification batches: texts and class ids."""
 
@@ -184,10 +245,10 @@ class FtCollate:
         self.tokenize, self.source = tokenize, source
 
     def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        batch = self.tokenize([self.source.texts[i] for i in items])
-        if self.source.levels is not None:
-            batch["labels"] = torch.tensor([self.source.levels[i][0] for i in items])
-        return batch
+        s = self.source
+        return ft_batch(
+            self.tokenize, [Example(s.texts[i], s.levels[i] if s.levels else None, s.ids[i]) for i in items]
+        )
 
 
 class DaeCollate:
@@ -197,9 +258,8 @@ class DaeCollate:
         self.tokenize, self.source, self.noise, self.epoch = tokenize, source, noise, epoch
 
     def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        clean = [self.source.texts[i] for i in items]
-        noisy = [self.noise.dae(t, self.source.ids[i], self.epoch) for t, i in zip(clean, items)]
-        return {**self.tokenize(noisy), **dae_targets(self.tokenize, clean)}
+        s = self.source
+        return dae_batch(self.tokenize, self.noise, [Example(s.texts[i], None, s.ids[i], 0, self.epoch) for i in items])
 
 
 class ClCollate:
@@ -220,50 +280,34 @@ class ClCollate:
         self.tokenize, self.source, self.entries, self.noise, self.epoch = tokenize, source, entries, noise, epoch
         self.with_dae = with_dae
 
-    def texts(self, items: list[int]) -> list[str]:
+    def examples(self, items: list[int]) -> list[Example]:
+        s = self.source
         out = []
         for item in items:
             e = self.entries[item]
-            out.append(self.noise.copy(self.source.texts[e.index], self.source.ids[e.index], e.copy, self.epoch))
+            out.append(Example(s.texts[e.index], s.levels[e.index], s.ids[e.index], e.copy, self.epoch))
         return out
 
-    def levels(self, items: list[int]) -> torch.Tensor:
-        return torch.tensor([self.source.levels[self.entries[i].index] for i in items])
-
     def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        texts = self.texts(items)
-        batch = {**self.tokenize(texts), "levels": self.levels(items)}
-        if self.with_dae:
-            batch.update(self.dae_part(items, texts))
-        return batch
-
-    def dae_part(self, items: list[int], clean: list[str]) -> dict[str, torch.Tensor]:
-        entries = [self.entries[i] for i in items]
-        noisy = [self.noise.dae(t, self.source.ids[e.index], self.epoch, e.copy) for t, e in zip(clean, entries)]
-        return {**_prefixed("dae_", self.tokenize(noisy)), **dae_targets(self.tokenize, clean)}
+        return cl_batch(self.tokenize, self.noise, self.examples(items), self.with_dae)
 
 
 class PairCollate:
-    """The paper's pair batches: rows 0..B-1 are the pairs' first texts, rows B..2B-1 their partners."""
+    """The paper's pair batches (pair_batch) over pairs of corrected-set entries."""
 
     def __init__(self, inner: ClCollate, pairs: list[tuple[int, int]]):
         self.inner, self.pairs = inner, pairs
 
     def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        a = [self.pairs[i][0] for i in items]
-        b = [self.pairs[i][1] for i in items]
-        a_texts = self.inner.texts(a)
-        # one padded tensor of 2 x batch rows (the a texts, then the b texts): one forward pass embeds both
-        batch = {**self.inner.tokenize(a_texts + self.inner.texts(b)), "levels": self.inner.levels(a + b)}
-        if self.inner.with_dae:
-            batch.update(self.inner.dae_part(a, a_texts))
-        return batch
+        first = self.inner.examples([self.pairs[i][0] for i in items])
+        second = self.inner.examples([self.pairs[i][1] for i in items])
+        return pair_batch(self.inner.tokenize, self.inner.noise, first, second, self.inner.with_dae)
 
 
-class _Items(torch.utils.data.Dataset):
-    """A dataset whose item i is i: the collators look the texts up themselves."""
+class Items(torch.utils.data.Dataset):
+    """A dataset whose item x is x itself: what the sampler yields (an index, a stream's micro-batch) is collated."""
 
-    def __getitem__(self, i: int) -> int:
+    def __getitem__(self, i: Any) -> Any:
         return i
 
     def __len__(self) -> int:  # never consulted: batches come from the batch sampler
@@ -273,7 +317,7 @@ class _Items(torch.utils.data.Dataset):
 def make_loader(batches: Iterable[list[int]], collate: Callable, num_workers: int) -> DataLoader:
     """A DataLoader over precomputed micro-batches of item indices."""
     return DataLoader(
-        _Items(),
+        Items(),
         batch_sampler=list(batches),
         collate_fn=collate,
         num_workers=num_workers,

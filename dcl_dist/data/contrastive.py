@@ -21,12 +21,10 @@ from dcl_dist.data.batching import (
 from dcl_dist.data.splits import TextSet, class_counts
 
 
-def correction(cfg: Config, train: TextSet, n_classes: int) -> tuple[list[Entry], dict]:
-    """The imbalance-corrected set and a record of the correction (counts before / after, ratios)."""
-    counts = class_counts(train.levels, n_classes)
+def correction_ratios(cfg: Config, counts: list[int]) -> tuple[list[float], dict]:
+    """Each class's oversampling ratio from its size, and a record of the correction (counts before / after)."""
     bounds = cfg.imbalance_ratios()
-    ratios = class_ratios(counts, *bounds) if bounds is not None else [1.0] * n_classes
-    entries = corrected_entries(train.labels, ratios, cfg.run.seed)
+    ratios = class_ratios(counts, *bounds) if bounds is not None else [1.0] * len(counts)
     record = {
         "imbalance": cfg.cl.imbalance,
         "min_ratio": bounds[0] if bounds else None,
@@ -35,7 +33,13 @@ def correction(cfg: Config, train: TextSet, n_classes: int) -> tuple[list[Entry]
         "ratios": ratios,
         "corrected_counts": corrected_sizes(counts, ratios),
     }
-    return entries, record
+    return ratios, record
+
+
+def correction(cfg: Config, train: TextSet, n_classes: int) -> tuple[list[Entry], dict]:
+    """The imbalance-corrected set and a record of the correction (counts before / after, ratios)."""
+    ratios, record = correction_ratios(cfg, class_counts(train.levels, n_classes))
+    return corrected_entries(train.labels, ratios, cfg.run.seed), record
 
 
 class ContrastiveBatches:

@@ -53,7 +53,8 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _format(path: Path) -> str:
+def file_format(path: Path) -> str:
+    """jsonl, csv, tsv, parquet or txt, from the file's ending (.gz ignored)."""
     name = path.name.lower().removesuffix(".gz")
     for suffix, fmt in (
         (".jsonl", "jsonl"),
@@ -134,7 +135,7 @@ def read_parquet(path: Path) -> Iterator[Record]:
 
 
 def read_file(path: Path, text_field: str = "text") -> Iterator[Record]:
-    fmt = _format(path)
+    fmt = file_format(path)
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt in ("csv", "tsv"):
@@ -162,13 +163,55 @@ def read_hub(source: str, default_split: str, streaming: bool = False) -> Iterat
             f"hub dataset '{source}' (split {split}): {type(e).__name__}: {e}. Check the name, the config after ':'"
             " and the split after '@'; offline, use a local file instead"
         ) from None
-    # ClassLabel columns hold ids: give the class names instead, as a local file would
-    class_names = {k: f.names for k, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
+    class_names = class_label_names(ds)
     for i, row in enumerate(ds):
-        for column, names in class_names.items():
-            if isinstance(row.get(column), int) and 0 <= row[column] < len(names):
-                row[column] = names[row[column]]
-        yield Record(f"{name}@{split}:row {i}", row)
+        yield Record(f"{name}@{split}:row {i}", name_class_labels(row, class_names))
+
+
+def class_label_names(dataset: Any) -> dict[str, list[str]]:
+    """The class names of a Hugging Face dataset's ClassLabel columns (they hold ids)."""
+    import datasets
+
+    return {k: f.names for k, f in (dataset.features or {}).items() if isinstance(f, datasets.ClassLabel)}
+
+
+def name_class_labels(row: dict, class_names: dict[str, list[str]]) -> dict:
+    """The row with ClassLabel ids replaced by their names, as a local file would give them (in place)."""
+    for column, names in class_names.items():
+        if isinstance(row.get(column), int) and 0 <= row[column] < len(names):
+            row[column] = names[row[column]]
+    return row
+
+
+def label_order(value: Any) -> tuple[int, Any]:
+    """Sort key of raw label values in the label map: integers numerically, everything else as text."""
+    return (0, value) if isinstance(value, int) and not isinstance(value, bool) else (1, str(value))
+
+
+def text_and_labels(
+    where: str, fields: dict, text_field: str, label_fields: list[str], empty_text: str, role: str
+) -> tuple[str, tuple[Any, ...]] | None:
+    """(text, raw labels per level) of one record, or None for an empty text to skip; a DataError naming `where`."""
+    missing = [f for f in [text_field, *label_fields] if f not in fields]
+    if missing:
+        found = ", ".join(map(str, fields)) or "none"
+        key = "data.text_field" if missing[0] == text_field else "data.label_field / data.hierarchy_fields"
+        raise DataError(f"{where}: no field '{missing[0]}' (fields found: {found}): set {key}")
+    text = fields[text_field]
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        raise DataError(f"{where}: field '{text_field}' holds {type(text).__name__}, not text")
+    if not text.strip():
+        if empty_text == "error":
+            raise DataError(
+                f"{where}: empty text: remove the line, or set data.empty_text: skip to leave such rows out"
+            )
+        return None
+    labels = tuple(fields[f] for f in label_fields)
+    if any(v is None or (isinstance(v, str) and not v.strip()) for v in labels):
+        raise DataError(f"{where}: empty label: give every {role} example a label")
+    return text, labels
 
 
 def read_source(source: str, default_split: str, text_field: str = "text") -> Iterator[Record]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcl_dist.config import Config
-from dcl_dist.data.sources import DataError, Record, read_source
+from dcl_dist.data.sources import DataError, Record, label_order, read_source, text_and_labels
+from dcl_dist.data.streaming import TrainStream, describe_stream
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +50,20 @@ class TextSet:
 
 @dataclass
 class Splits:
-    train: TextSet
+    train: TextSet | None
+    """The training split in memory; None when it is streamed (see stream)."""
     validation: TextSet
     test: TextSet | None
     label_names: list[list[str]]
     """Class names per label level; label_names[0] are the classes the classifier predicts."""
     validation_from_train: bool
     skipped_empty: int = 0
+    stream: TrainStream | None = None
+    """With data.streaming: the training split as a stream (validation and test are still read in memory)."""
 
     @property
     def classes(self) -> list[str]:
         return self.label_names[0]
-
-
-def _label_key(value: Any) -> tuple[int, Any]:
-    # integers sort numerically, everything else as text
-    return (0, value) if isinstance(value, int) and not isinstance(value, bool) else (1, str(value))
 
 
 def read_rows(
@@ -76,30 +75,13 @@ def read_rows(
     skipped = 0
     record: Record | None = None
     for record in read_source(source, role, text_field):
-        wanted = [text_field, *(label_fields or [])]
-        missing = [f for f in wanted if f not in record.fields]
-        if missing:
-            found = ", ".join(map(str, record.fields)) or "none"
-            key = "data.text_field" if missing[0] == text_field else "data.label_field / data.hierarchy_fields"
-            raise DataError(f"{record.where}: no field '{missing[0]}' (fields found: {found}): set {key}")
-        text = record.fields[text_field]
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
-            text = str(text)
-        if not isinstance(text, str):
-            raise DataError(f"{record.where}: field '{text_field}' holds {type(text).__name__}, not text")
-        if not text.strip():
-            if empty_text == "error":
-                raise DataError(
-                    f"{record.where}: empty text: remove the line, or set data.empty_text: skip to leave such rows out"
-                )
+        parsed = text_and_labels(record.where, record.fields, text_field, label_fields or [], empty_text, role)
+        if parsed is None:
             skipped += 1
             continue
         if labels is not None:
-            row = tuple(record.fields[f] for f in label_fields)
-            if any(v is None or (isinstance(v, str) and not v.strip()) for v in row):
-                raise DataError(f"{record.where}: empty label: give every {role} example a label")
-            labels.append(row)
-        texts.append(text)
+            labels.append(parsed[1])
+        texts.append(parsed[0])
     if record is None:
         raise DataError(f"{role} split {source}: no rows: check the file (it is empty) or the split name")
     if not texts:
@@ -170,11 +152,13 @@ def _to_ids(raw: list[tuple[Any, ...]], names: list[list[str]], role: str, sourc
 
 def load_splits(cfg: Config) -> Splits:
     """Read train, validation and test as the config says; the label map comes from train."""
+    if cfg.data.streaming:
+        return _streamed_splits(cfg)
     d = cfg.data
     label_fields = [d.label_field, *d.hierarchy_fields]
     texts, raw, skipped = read_rows(d.train, "train", d.text_field, label_fields, d.empty_text)
     names = [
-        [str(v) for v in sorted({row[level] for row in raw}, key=_label_key)] for level in range(len(label_fields))
+        [str(v) for v in sorted({row[level] for row in raw}, key=label_order)] for level in range(len(label_fields))
     ]
     train = TextSet(texts, _to_ids(raw, names, "train", d.train))
     if d.max_train_examples is not None and d.max_train_examples < len(train):
@@ -201,6 +185,21 @@ def load_splits(cfg: Config) -> Splits:
         test = TextSet(t_texts, _to_ids(t_raw, names, "test", d.test))
         skipped += t_skipped
     return Splits(train, validation, test, names, from_train, skipped)
+
+
+def _streamed_splits(cfg: Config) -> Splits:
+    """Train as a stream (labels from data.class_counts or a counting pass); validation and test in memory."""
+    d = cfg.data
+    stream = describe_stream(cfg)
+    label_fields = [d.label_field, *d.hierarchy_fields]
+    loaded, skipped = {}, 0
+    for role in ("validation", "test"):
+        source = getattr(d, role)
+        if source:
+            texts, raw, role_skipped = read_rows(source, role, d.text_field, label_fields, d.empty_text)
+            loaded[role] = TextSet(texts, _to_ids(raw, stream.label_names, role, source))
+            skipped += role_skipped
+    return Splits(None, loaded["validation"], loaded.get("test"), stream.label_names, False, skipped, stream)
 
 
 def load_unlabelled(cfg: Config) -> list[str]:

@@ -11,14 +11,12 @@ import logging
 from dcl_dist import dist, loop
 from dcl_dist import engine as ds
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.data.contrastive import ContrastiveBatches, correction
 from dcl_dist.phases.common import (
     PhaseContext,
-    batch_plan,
+    contrastive_batches,
     contrastive_evaluator,
     contrastive_loss,
     embedding_report,
-    epoch_loader,
     load_start,
     report_trainable,
     resolve_max_length,
@@ -38,22 +36,14 @@ def run(ctx: PhaseContext) -> dict:
     report_trainable(encoder, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
 
-    train = ctx.splits.train
-    entries, record = correction(cfg, train, len(ctx.splits.classes))
+    steps_per_epoch, batches, record = contrastive_batches(ctx, phase, tokenize)
     if dist.is_main():
         log.info(
             "cl: imbalance %s: class sizes %s -> %s", cfg.cl.imbalance, record["counts"], record["corrected_counts"]
         )
-    plan = batch_plan(cfg, phase)
-    contrast = ContrastiveBatches(cfg, train, entries, tokenize, plan.global_batch)
     n_levels = len(ctx.splits.label_names)
     loss_fn = contrastive_loss(cfg, n_levels)
-    steps_per_epoch = plan.steps(contrast.n_items)
     engine = ds.initialize(encoder, cfg, phase, loop.total_steps(cfg.cl, steps_per_epoch), encoder.hidden_size)
-
-    def batches(epoch: int, start: int, data_state=None):
-        collate, order = contrast.collate_and_order(epoch)
-        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
 
     def step_loss(eng, batch):
         return loss_fn(eng(batch["input_ids"], batch["attention_mask"]), batch["levels"])

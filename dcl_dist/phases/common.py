@@ -17,7 +17,9 @@ from dcl_dist import dist
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, accumulation_steps
 from dcl_dist.data.batching import BatchPlan, Tokenize, epoch_order, length_grouped, make_loader
+from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.data.splits import Splits, TextSet
+from dcl_dist.data.streaming import StreamFeed
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.losses.pair_cosine import InBatchCosineLoss, PairCosineLoss, all_pairs_cosine_mse, level_weights
 from dcl_dist.losses.supcon import SupConLoss
@@ -154,6 +156,35 @@ def shuffled_order(cfg: Config, plan: BatchPlan, lengths: list[int], epoch: int)
     if cfg.data.group_by_length:
         order = length_grouped(order, lengths, plan.global_batch, cfg.run.seed, epoch)
     return order
+
+
+def stream_feed(ctx: PhaseContext, phase: str, tokenize: Tokenize, ratios: list[float] | None = None) -> StreamFeed:
+    """The phase's training batches read from the stream (data.streaming); ratios: the imbalance correction's."""
+    return StreamFeed(
+        ctx.cfg, phase, ctx.splits.stream, tokenize, batch_plan(ctx.cfg, phase), num_workers(ctx.cfg), ratios
+    )
+
+
+def contrastive_batches(
+    ctx: PhaseContext, phase: str, tokenize: Tokenize, with_dae: bool = False
+) -> tuple[int, Callable, dict]:
+    """(steps per epoch, batches, correction record) of phase cl or joint: the corrected
+    set in memory, or the stream corrected one example at a time; with_dae adds the denoising inputs (joint)."""
+    cfg = ctx.cfg
+    if ctx.splits.stream is not None:
+        ratios, record = correction_ratios(cfg, ctx.splits.stream.class_counts)
+        feed = stream_feed(ctx, phase, tokenize, ratios)
+        return feed.steps_per_epoch, feed.batches, record
+    entries, record = correction(cfg, ctx.splits.train, len(ctx.splits.classes))
+    plan = batch_plan(cfg, phase)
+    contrast = ContrastiveBatches(cfg, ctx.splits.train, entries, tokenize, plan.global_batch, with_dae)
+    steps_per_epoch = plan.steps(contrast.n_items)
+
+    def batches(epoch: int, start: int, data_state=None):
+        collate, order = contrast.collate_and_order(epoch)
+        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
+
+    return steps_per_epoch, batches, record
 
 
 def eval_batch_size(cfg: Config, phase: str) -> int:

@@ -28,6 +28,7 @@ from dcl_dist.phases.common import (
     save_artifact,
     seed_everything,
     shuffled_order,
+    stream_feed,
     truncation_note,
     uses_lora,
 )
@@ -75,19 +76,24 @@ def run(ctx: PhaseContext) -> dict:
     report_trainable(model, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, model.encoder.backbone))
 
-    train = ctx.splits.train
-    extra = load_unlabelled(cfg)
-    source = TextSource(train.texts + extra, None, train.ids + [UNLABELLED_ID_OFFSET + i for i in range(len(extra))])
     noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio)
-    plan = batch_plan(cfg, phase)
-    steps_per_epoch = plan.steps(len(source.texts))
+    if ctx.splits.stream is not None:
+        feed = stream_feed(ctx, phase, tokenize)
+        steps_per_epoch, batches = feed.steps_per_epoch, feed.batches
+    else:
+        train = ctx.splits.train
+        extra = load_unlabelled(cfg)
+        ids = train.ids + [UNLABELLED_ID_OFFSET + i for i in range(len(extra))]
+        source = TextSource(train.texts + extra, None, ids)
+        plan = batch_plan(cfg, phase)
+        steps_per_epoch = plan.steps(len(source.texts))
+        lengths = word_counts(source.texts)
+
+        def batches(epoch: int, start: int, data_state=None):
+            order = shuffled_order(cfg, plan, lengths, epoch)
+            return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
+
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.dae, steps_per_epoch), model.encoder.hidden_size)
-
-    lengths = word_counts(source.texts)
-
-    def batches(epoch: int, start: int, data_state=None):
-        order = shuffled_order(cfg, plan, lengths, epoch)
-        return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
 
     validation = ctx.splits.validation
 

@@ -26,6 +26,7 @@ from dcl_dist.phases.common import (
     save_artifact,
     seed_everything,
     shuffled_order,
+    stream_feed,
     truncation_note,
 )
 
@@ -45,18 +46,22 @@ def run(ctx: PhaseContext) -> dict:
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
 
     train, validation, test = ctx.splits.train, ctx.splits.validation, ctx.splits.test
-    source = TextSource(train.texts, train.levels, train.ids)
-    plan = batch_plan(cfg, phase)
-    steps_per_epoch = plan.steps(len(train))
+    if ctx.splits.stream is not None:
+        feed = stream_feed(ctx, phase, tokenize)
+        steps_per_epoch, batches = feed.steps_per_epoch, feed.batches
+    else:
+        source = TextSource(train.texts, train.levels, train.ids)
+        plan = batch_plan(cfg, phase)
+        steps_per_epoch = plan.steps(len(train))
+        lengths = word_counts(train.texts)
+
+        def batches(epoch: int, start: int, data_state=None):
+            order = shuffled_order(cfg, plan, lengths, epoch)
+            return epoch_loader(cfg, plan, order, start, steps_per_epoch, FtCollate(tokenize, source))
+
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.ft, steps_per_epoch), encoder.hidden_size)
     loss_fn = ClassificationLoss()
     eval_batch = eval_batch_size(cfg, phase)
-
-    lengths = word_counts(train.texts)
-
-    def batches(epoch: int, start: int, data_state=None):
-        order = shuffled_order(cfg, plan, lengths, epoch)
-        return epoch_loader(cfg, plan, order, start, steps_per_epoch, FtCollate(tokenize, source))
 
     def step_loss(eng, batch):
         return loss_fn(eng(batch["input_ids"], batch["attention_mask"]), batch["labels"])

@@ -15,17 +15,15 @@ from torch import nn
 from dcl_dist import engine as ds
 from dcl_dist import loop
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.data.contrastive import ContrastiveBatches, correction
 from dcl_dist.losses.reconstruction import ReconstructionLoss
 from dcl_dist.models.decoder import TsdaeDecoder, freeze_body, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.common import (
     PhaseContext,
-    batch_plan,
+    contrastive_batches,
     contrastive_evaluator,
     contrastive_loss,
     embedding_report,
-    epoch_loader,
     load_start,
     report_trainable,
     resolve_max_length,
@@ -89,16 +87,8 @@ def run(ctx: PhaseContext) -> dict:
     report_trainable(model, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
 
-    train = ctx.splits.train
-    entries, record = correction(cfg, train, len(ctx.splits.classes))
-    plan = batch_plan(cfg, phase)
-    contrast = ContrastiveBatches(cfg, train, entries, tokenize, plan.global_batch, with_dae=True)
-    steps_per_epoch = plan.steps(contrast.n_items)
+    steps_per_epoch, batches, record = contrastive_batches(ctx, phase, tokenize, with_dae=True)
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
-
-    def batches(epoch: int, start: int, data_state=None):
-        collate, order = contrast.collate_and_order(epoch)
-        return epoch_loader(cfg, plan, order, start, steps_per_epoch, collate)
 
     evaluate = contrastive_evaluator(
         cfg, phase, lambda: engine.module.encoder, tokenize, ctx.splits.validation, n_levels
