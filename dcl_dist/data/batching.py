@@ -60,7 +60,8 @@ def length_grouped(order: list[int], lengths: list[int], global_batch: int, seed
 
     Windows of LENGTH_WINDOW global batches are sorted by length and cut into global batches, whose order is
     then shuffled (the last, shorter one stays last, so that BatchPlan's cut still falls between batches).
-    Random SNIPS batches of 16 carry 1.64 padded tokens per real token; grouped, 1.02.
+    Random SNIPS batches of 16 carry 1.63 padded tokens per real token; grouped by token count, 1.02 (by word count,
+    1.27: the word count is too coarse a proxy to save most of the padding).
     """
     window = global_batch * LENGTH_WINDOW
     batches = []
@@ -70,11 +71,6 @@ def length_grouped(order: list[int], lengths: list[int], global_batch: int, seed
     tail = [batches.pop()] if batches and len(batches[-1]) < global_batch else []
     random.Random(seed * 1_000_033 + epoch).shuffle(batches)
     return [i for batch in batches + tail for i in batch]
-
-
-def word_counts(texts: list[str]) -> list[int]:
-    """Whitespace words per text: the length proxy of group_by_length."""
-    return [len(t.split()) for t in texts]
 
 
 @dataclass(frozen=True)
@@ -135,6 +131,14 @@ class Tokenize:
         if getattr(enc, "encodings", None):
             self.truncated += sum(1 for e in enc.encodings if e.overflowing)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def lengths(self, texts: list[str], chunk: int = 10_000) -> list[int]:
+        """Tokens per text after truncation (what group_by_length sorts by); not counted as truncations."""
+        out: list[int] = []
+        for start in range(0, len(texts), chunk):
+            enc = self.tokenizer(texts[start : start + chunk], truncation=True, max_length=self.max_length)
+            out += [len(ids) for ids in enc["input_ids"]]
+        return out
 
 
 def _prefixed(prefix: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,6 @@ from dcl_dist.data.batching import (
     class_aware_order,
     epoch_order,
     length_grouped,
-    word_counts,
 )
 from dcl_dist.data.splits import TextSet, class_counts
 
@@ -56,7 +55,7 @@ class ContrastiveBatches:
     ):
         self.cfg, self.entries, self.tokenize, self.with_dae = cfg, entries, tokenize, with_dae
         self.global_batch = global_batch
-        self.words = word_counts(train.texts)
+        self.lengths = tokenize.lengths(train.texts) if cfg.data.group_by_length else []
         self.source = TextSource(train.texts, train.levels, train.ids)
         self.noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio, cfg.cl.copy_stopword_deletion, cfg.cl.copy_min_words)
         self.n_items = len(entries)
@@ -70,7 +69,9 @@ class ContrastiveBatches:
             order = list(range(len(pairs)))
             if self.cfg.data.group_by_length:
                 # a pair's loss does not depend on its batch mates: grouping pairs by length changes nothing else
-                lengths = [max(self.words[self.entries[a].index], self.words[self.entries[b].index]) for a, b in pairs]
+                lengths = [
+                    max(self.lengths[self.entries[a].index], self.lengths[self.entries[b].index]) for a, b in pairs
+                ]
                 order = length_grouped(order, lengths, self.global_batch, seed, epoch)
             return PairCollate(inner, pairs), order
         if self.cfg.cl.batching == "class_aware":

@@ -10,7 +10,7 @@ from torch import nn
 
 from dcl_dist import engine as ds
 from dcl_dist import loop
-from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_targets, word_counts
+from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_targets
 from dcl_dist.data.splits import load_unlabelled
 from dcl_dist.evaluation import sharded_apply
 from dcl_dist.losses.reconstruction import ReconstructionLoss
@@ -87,10 +87,10 @@ def run(ctx: PhaseContext) -> dict:
         source = TextSource(train.texts + extra, None, ids)
         plan = batch_plan(cfg, phase)
         steps_per_epoch = plan.steps(len(source.texts))
-        lengths = word_counts(source.texts)
+        lengths = tokenize.lengths(source.texts) if cfg.data.group_by_length else []
 
         def batches(epoch: int, start: int, data_state=None):
-            order = shuffled_order(cfg, plan, lengths, epoch)
+            order = shuffled_order(cfg, plan, len(source.texts), lengths, epoch)
             return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
 
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.dae, steps_per_epoch), model.encoder.hidden_size)

@@ -10,7 +10,7 @@ import logging
 
 from dcl_dist import dist, loop
 from dcl_dist import engine as ds
-from dcl_dist.data.batching import FtCollate, TextSource, Tokenize, word_counts
+from dcl_dist.data.batching import FtCollate, TextSource, Tokenize
 from dcl_dist.evaluation import classifier_metrics
 from dcl_dist.losses.classification import ClassificationLoss
 from dcl_dist.models.head import Classifier, ClassifierHead
@@ -53,10 +53,10 @@ def run(ctx: PhaseContext) -> dict:
         source = TextSource(train.texts, train.levels, train.ids)
         plan = batch_plan(cfg, phase)
         steps_per_epoch = plan.steps(len(train))
-        lengths = word_counts(train.texts)
+        lengths = tokenize.lengths(train.texts) if cfg.data.group_by_length else []
 
         def batches(epoch: int, start: int, data_state=None):
-            order = shuffled_order(cfg, plan, lengths, epoch)
+            order = shuffled_order(cfg, plan, len(train), lengths, epoch)
             return epoch_loader(cfg, plan, order, start, steps_per_epoch, FtCollate(tokenize, source))
 
     engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.ft, steps_per_epoch), encoder.hidden_size)
