@@ -141,11 +141,11 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         decoder_extra = sum(p.numel() for p in model.decoder.parameters() if id(p) not in body_ids and p.ndim == 2)
         net, loss_fn = model, None
     elif phase == "cl":
-        encoder, _ = load_start(context)
+        encoder, _ = load_start(context, phase)
         encoder.add_dense()
         net, loss_fn = encoder, InBatchCosineLoss(level_weights(1, None))
     else:
-        encoder, _ = load_start(context)
+        encoder, _ = load_start(context, phase)
         net, loss_fn = Classifier(encoder, ClassifierHead(encoder.hidden_size, 256, 8)), ClassificationLoss()
     vocab = encoder.backbone.config.vocab_size
     eng = engine.initialize(net, cfg, phase, total_steps=args.warmup + args.steps + 1, hidden_size=encoder.hidden_size)
