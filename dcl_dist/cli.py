@@ -97,8 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dcl_dist.inference import Predictor
 
     model = Path(args.model) if args.model else Path(args.run) / "ft" / "artifact"
+    texts, labels = _texts_and_labels(args.data, args.text_field, args.label_field)  # a bad file fails first
     predictor = Predictor.load(model)
-    texts, labels = _texts_and_labels(args.data, args.text_field, args.label_field)
     metrics = predictor.evaluate(texts, [str(x) for x in labels], args.batch_size)
     print_report(metrics)
     _print_summary({"test": metrics})
@@ -110,8 +110,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from dcl_dist.inference import Predictor
 
+    texts, _ = _texts_and_labels(args.input, args.text_field, None)  # a bad file fails before the model loads
     predictor = Predictor.load(Path(args.model))
-    texts, _ = _texts_and_labels(args.input, args.text_field, None)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for text, (label, proba) in zip(texts, predictor.predict(texts, args.batch_size)):
@@ -239,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"dcl-dist: training stopped: {e}", file=sys.stderr)
         return 3
+    except OSError as e:  # a file the user named, or the run directory, cannot be read or written
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"dcl-dist: error: {where}{e.strerror or e}: check that the path exists, its permissions and the free"
+            " space; finished phases and checkpoints are kept, so the same command resumes",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

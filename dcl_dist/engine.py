@@ -168,46 +168,112 @@ def _tag(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
 def save_checkpoint(engine, root: Path, step: int, state: dict, rank_state: dict, keep_last: int) -> Path:
     """Write a resumable checkpoint atomically; every rank calls it.
 
     DeepSpeed writes model and optimiser shards into a hidden partial folder, each rank adds its own
     `rank<r>.pt` (RNG states, data position), rank 0 adds `complete.json` (our loop state) and only then
-    renames the folder to its final name: a crash at any point leaves the previous checkpoint usable.
+    renames the folder to its final name: a crash at any point leaves the previous checkpoint usable. A write
+    that fails (a full disk, a lost permission) on any rank removes the partial folder and raises
+    CheckpointWriteError on every rank.
     """
     tag = _tag(step)
     partial_tag = PARTIAL_PREFIX + tag
     partial = root / partial_tag
-    if dist.is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        if partial.exists():
-            shutil.rmtree(partial)
-    dist.barrier()
-    engine.save_checkpoint(str(root), tag=partial_tag, save_latest=False)
-    torch.save(rank_state, partial / f"rank{dist.rank()}.pt")
-    dist.barrier()
     final = root / tag
+    failure: OSError | None = None
+    try:
+        if dist.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir()
+    except OSError as e:
+        failure = e
+    if not dist.any_true(failure is not None):
+        with _recording_write_errors(engine) as errors:
+            # a rank whose write fails goes on through DeepSpeed's own collectives (raising there would leave the
+            # other ranks waiting in them); the ranks agree on the outcome below
+            engine.save_checkpoint(str(root), tag=partial_tag, save_latest=False)
+        failure = errors[0] if errors else None
+        try:
+            torch.save(rank_state, partial / f"rank{dist.rank()}.pt")
+        except OSError as e:
+            failure = failure or e
+    if not dist.any_true(failure is not None) and dist.is_main():
+        try:
+            _publish(engine, root, partial, final, tag, state)
+        except OSError as e:
+            failure = e
+    if dist.any_true(failure is not None):
+        if dist.is_main():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointWriteError(_write_failure(root, step, failure))
     if dist.is_main():
-        layout = {
-            "world_size": dist.world_size(),
-            "zero_stage": zero_stage(engine),
-            "global_batch_size": engine.train_batch_size(),
-        }
-        (partial / COMPLETE_MARKER).write_text(json.dumps({**state, **layout}, indent=2))
-        _fsync_dir(partial)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        # DeepSpeed's own readers (zero_to_fp32, ZeRO-3 weights-only loads) look for this pointer
-        (root / "latest.tmp").write_text(tag)
-        os.replace(root / "latest.tmp", root / "latest")
-        _fsync_dir(root)
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in root.glob(PARTIAL_PREFIX + "*"):
             shutil.rmtree(stale, ignore_errors=True)
     dist.barrier()
     return final
+
+
+@contextlib.contextmanager
+def _recording_write_errors(engine) -> Iterator[list[OSError]]:
+    """Within the block, a file write of DeepSpeed's checkpoint engine that fails is recorded, not raised."""
+    errors: list[OSError] = []
+    writer = engine.checkpoint_engine
+    save = writer.save
+
+    def recording_save(state_dict, path):
+        try:
+            return save(state_dict, path)
+        except OSError as e:
+            errors.append(e)
+
+    writer.save = recording_save
+    try:
+        yield errors
+    finally:
+        del writer.save  # back to the class's method
+
+
+def _publish(engine, root: Path, partial: Path, final: Path, tag: str, state: dict) -> None:
+    """Rank 0, once every rank's part is written: mark the checkpoint complete and make it visible."""
+    layout = {
+        "world_size": dist.world_size(),
+        "zero_stage": zero_stage(engine),
+        "global_batch_size": engine.train_batch_size(),
+    }
+    (partial / COMPLETE_MARKER).write_text(json.dumps({**state, **layout}, indent=2))
+    _fsync_dir(partial)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    # DeepSpeed's own readers (zero_to_fp32, ZeRO-3 weights-only loads) look for this pointer
+    (root / "latest.tmp").write_text(tag)
+    os.replace(root / "latest.tmp", root / "latest")
+    _fsync_dir(root)
+
+
+def _write_failure(root: Path, step: int, error: OSError | None) -> str:
+    """The message of a checkpoint that could not be written: why, and what is still there to resume from."""
+    if error is None:
+        why = "another rank could not write its part (its log names the file)"
+    elif error.strerror:
+        why = f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    else:
+        why = str(error)
+    previous = latest_checkpoint(root)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint of this phase exists"
+    return (
+        f"checkpoint step {step} could not be written to {root}: {why}. Nothing partial was left behind and {kept}:"
+        " free space (or fix the folder's permissions) and run the same command again to resume"
+    )
 
 
 def _fsync_dir(path: Path) -> None:

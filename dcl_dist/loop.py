@@ -223,9 +223,15 @@ def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
         raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, before training on")
     logger = Logger(phase_dir.parent, run.name, cfg, steps, state.step)
 
+    def save(root: Path, rank_state: dict, keep_last: int) -> None:
+        try:
+            ds.save_checkpoint(engine, root, state.step, vars(state), rank_state, keep_last)
+        except ds.CheckpointWriteError as e:
+            logger.close()
+            raise TrainingError(str(e)) from None
+
     def checkpoint() -> None:
-        rank_state = {"rng": rng_state(), "data": data_state}
-        ds.save_checkpoint(engine, ckpt_root, state.step, vars(state), rank_state, cfg.checkpoint.keep_last)
+        save(ckpt_root, {"rng": rng_state(), "data": data_state}, cfg.checkpoint.keep_last)
 
     def evaluate() -> bool:
         """Run validation; returns True when training should stop early."""
@@ -246,7 +252,7 @@ def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
         if state.best is None or value > state.best:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
             # named by step: the new best is complete before the old one is deleted
-            ds.save_checkpoint(engine, phase_dir / "best", state.step, vars(state), {"rng": rng_state()}, keep_last=1)
+            save(phase_dir / "best", {"rng": rng_state()}, keep_last=1)
             return False
         state.bad_evals += 1
         return run.patience is not None and state.bad_evals >= run.patience

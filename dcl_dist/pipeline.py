@@ -117,17 +117,17 @@ def collect_metrics(run_dir: Path, cfg: Config) -> dict:
 
 
 def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run directory and write the resolved config (rank 0); every rank gets the path."""
+    """Create the run directory and write the resolved config (rank 0); every rank gets the path, or the error."""
     run_dir = Path(cfg.run.dir)
+    problem = None
     if dist.is_main():
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         except OSError as e:
-            raise ConfigError(
-                [f"'run.dir' {run_dir} cannot be written ({e.strerror}): choose a writable folder"]
-            ) from None
-    dist.barrier()
+            problem = f"'run.dir' {run_dir} cannot be written ({e.strerror}): choose a writable folder"
+    if dist.any_true(problem is not None):  # every rank stops with it (no rank left waiting at a barrier)
+        raise ConfigError([problem or f"'run.dir' {run_dir} cannot be written on rank 0: choose a writable folder"])
     return run_dir
 
 

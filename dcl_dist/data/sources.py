@@ -45,7 +45,7 @@ def expand_paths(source: str) -> list[Path]:
     missing = [p for p in paths if not p.is_file()]
     if not paths or missing:
         shown = missing[0] if missing else pattern
-        raise DataError(f"{shown}: no such file (looked from {os.getcwd()}): fix the path in the config")
+        raise DataError(f"{shown}: no such file (looked from {os.getcwd()}): fix the path")
     return paths
 
 

@@ -175,6 +175,9 @@ def _rows(share: Any, reader: RecordReader, record: int = 0) -> Iterator[dict]:
         except DataError:
             raise
         except Exception as e:  # pyarrow and the builders raise many types for a bad file
+            bad_line = first_bad_json_line(reader.source)
+            if bad_line is not None:
+                raise DataError(f"{bad_line}: not valid JSON: fix or remove the line") from None
             # the builders parse a chunk ahead, so the bad record is at or after this point, not necessarily here
             raise DataError(
                 f"{reader.source} (rank {reader.rank}'s share, after record {record}): cannot read it"
@@ -182,6 +185,29 @@ def _rows(share: Any, reader: RecordReader, record: int = 0) -> Iterator[dict]:
             ) from None
         record += 1
         yield row
+
+
+def first_bad_json_line(source: str) -> str | None:
+    """`file:line` of the first line that is not JSON in a local .jsonl source (a file or a glob), or None.
+
+    Only on the error path: Arrow's message counts rows within the chunk it parsed, not lines of the file.
+    """
+    if not looks_like_path(source):
+        return None
+    pattern = Path(source)
+    files = sorted(pattern.parent.glob(pattern.name)) if any(c in source for c in "*?[") else [pattern]
+    for path in files:
+        if path.suffix != ".jsonl" or not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except ValueError:
+                    return f"{path}:{number}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

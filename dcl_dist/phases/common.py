@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcl_dist import dist
+from dcl_dist import dist, loop
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, accumulation_steps
 from dcl_dist.data.batching import BatchPlan, Tokenize, epoch_order, length_grouped, make_loader
@@ -150,9 +150,9 @@ def epoch_loader(
     return make_loader(plan.micro_batches(order, dist.rank(), start_step, steps), collate, num_workers(cfg))
 
 
-def shuffled_order(cfg: Config, plan: BatchPlan, lengths: list[int], epoch: int) -> list[int]:
-    """An epoch's order of n items (n = len(lengths)): a (seed, epoch) permutation, grouped by length if asked."""
-    order = epoch_order(len(lengths), cfg.run.seed, epoch)
+def shuffled_order(cfg: Config, plan: BatchPlan, n: int, lengths: list[int], epoch: int) -> list[int]:
+    """An epoch's order of n items: a (seed, epoch) permutation, grouped by length (tokens per item) if asked."""
+    order = epoch_order(n, cfg.run.seed, epoch)
     if cfg.data.group_by_length:
         order = length_grouped(order, lengths, plan.global_batch, cfg.run.seed, epoch)
     return order
@@ -233,14 +233,23 @@ def save_artifact(
         "started_from": ctx.source,
         "labels": ctx.splits.classes,
     }
+    failure: OSError | None = None
     with ds.full_parameters(engine.module):
         if dist.is_main():
             adapter = phase_adapter(ctx, phase, encoder.backbone) if uses_lora(ctx.cfg, phase) else None
             lineage = {"phase": phase, "adapter": _adapter_record(ctx.cfg, encoder.backbone) if adapter else None}
             record["lineage"] = [*ctx.lineage, lineage]
             record["lora"] = _chain_record(ctx, phase, adapter) if adapter else None
-            write_artifact(path, encoder, tokenizer, {**record, **meta}, max_length, head, adapter)
-    dist.barrier()
+            try:
+                write_artifact(path, encoder, tokenizer, {**record, **meta}, max_length, head, adapter)
+            except OSError as e:  # a full disk: the folder is written atomically, nothing partial stays
+                failure = e
+    if dist.any_true(failure is not None):
+        why = f"{failure.strerror} ({failure.filename})" if failure is not None and failure.strerror else failure
+        raise loop.TrainingError(
+            f"{path} could not be written: {why or 'rank 0 could not write it'}. The phase's last checkpoint is kept:"
+            " free space (or fix the folder's permissions) and run the same command again to write it"
+        )
     return path
 
 

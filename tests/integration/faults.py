@@ -3,6 +3,7 @@
 DCL_STALL_AT_STEP=N: rank 0 stalls in the save of checkpoint step N as far as it gets before the checkpoint becomes
 visible (every rank's shards and complete.json written, the folder not yet renamed), after touching $DCL_FAULT_MARKER.
 DCL_RAISE_AT_MICRO_BATCH=N: the loop raises on its N-th micro-batch.
+DCL_DISK_FULL_AT_STEP=N: every file write of checkpoint step N fails as on a full disk (ENOSPC).
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ if "DCL_RAISE_AT_MICRO_BATCH" in os.environ:
         return _to_device(batch, device)
 
     loop.to_device = _failing_to_device
+
+if "DCL_DISK_FULL_AT_STEP" in os.environ:
+    import errno
+
+    import torch
+
+    _save = torch.save
+    _full_at = f"{ds.CHECKPOINT_PREFIX}{int(os.environ['DCL_DISK_FULL_AT_STEP']):08d}"
+
+    def _full_disk_save(obj, f, *args, **kwargs):
+        if _full_at in str(f):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return _save(obj, f, *args, **kwargs)
+
+    torch.save = _full_disk_save
 
 if __name__ == "__main__":
     sys.exit(cli.main())

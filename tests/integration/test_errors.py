@@ -4,6 +4,7 @@ never a traceback. The messages are the ones docs/TROUBLESHOOTING.md shows."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,12 +101,38 @@ CASES = {
         lambda t, m: train_args(t, m, data(t, "m.csv", "text,label\nok,a\nx,y,z\n")),
         ["m.csv:3: 3 columns where the header has 2"],
     ),
+    "run directory not writable": (
+        lambda t, m: train_args(t, m, f"run.dir={write(t / 'a-file', 'x')}/run"),
+        ["'run.dir' ", "a-file/run cannot be written (Not a directory): choose a writable folder"],
+    ),
+    "global batch not divisible": (
+        lambda t, m: train_args(t, m, "ft.global_batch_size=20", "ft.micro_batch_size_per_rank=8"),
+        ["ft.global_batch_size", "20"],
+    ),
+    "streaming without a validation split": (
+        lambda t, m: train_args(t, m, "data.streaming=true", "data.validation=null"),
+        ["'data.validation' is needed with data.streaming"],
+    ),
+    "streamed file with a malformed line": (
+        lambda t, m: train_args(
+            t,
+            m,
+            "data.streaming=true",
+            data(t, "s.jsonl", jsonl(rows(6)) + "{oops\n"),
+            data(t, "v.jsonl", jsonl(rows(4)), "validation"),
+        ),
+        ["s.jsonl:7: not valid JSON"],
+    ),
+    "lora target that the model lacks": (
+        lambda t, m: train_args(t, m, "lora.enabled=true", "lora.target_modules=[qkv_proj]"),
+        ["'lora.target_modules'", "qkv_proj"],
+    ),
     "predict: not a model folder": (
-        lambda t, m: ["predict", "--model", str(t), "--input", "x.jsonl"],
+        lambda t, m: ["predict", "--model", str(t), "--input", str(write(t / "x.txt", "one line\n"))],
         ["no dcl_dist.json"],
     ),
-    "predict: model folder with missing files": (
-        lambda t, m: ["predict", "--model", str(t / "none"), "--input", "x"],
+    "predict: no such model folder": (
+        lambda t, m: ["predict", "--model", str(t / "none"), "--input", str(write(t / "x.txt", "one line\n"))],
         ["no such model folder"],
     ),
 }
@@ -122,3 +149,92 @@ def test_bad_input_is_one_clear_message(case, tmp_path, tiny_model, capsys, monk
     assert err.startswith("dcl-dist: error:")
     for fragment in expected:
         assert fragment in err, f"{case}: {fragment!r} not in {err!r}"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model) -> Path:
+    """A run directory of variant ft whose ft artifact is written (a tiny encoder and head, untrained)."""
+    from transformers import AutoTokenizer
+
+    from dcl_dist.config import dump_yaml, load_config
+    from dcl_dist.models.artifact import write_artifact
+    from dcl_dist.models.encoder import SentenceEncoder, load_backbone
+    from dcl_dist.models.head import ClassifierHead
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    (run / "ft").mkdir(parents=True)
+    cfg = load_config(None, ["data.train=any/hub_dataset", "run.variant=ft", f"model.name_or_path={tiny_model}"])
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    encoder = SentenceEncoder(load_backbone(str(tiny_model)), "mean", 1)
+    head = ClassifierHead(encoder.hidden_size, 16, 2)
+    meta = {"phase": "ft", "variant": "ft", "labels": ["a", "b"], "lineage": [], "lora": None}
+    write_artifact(run / "ft" / "artifact", encoder, AutoTokenizer.from_pretrained(str(tiny_model)), meta, 32, head)
+    return run
+
+
+def without(run: Path, tmp: Path, name: str) -> Path:
+    """A copy of the run's ft artifact with one file removed."""
+    copy = tmp / "copied"
+    shutil.copytree(run / "ft" / "artifact", copy)
+    (copy / name).unlink()
+    return copy
+
+
+# (case, setup(tmp, finished run) -> argv, expected message fragments): predict, evaluate and export
+ARTIFACT_CASES = {
+    "predict: malformed input file": (
+        lambda t, r: ["predict", "--model", str(r / "ft" / "artifact"), "--input", write(t / "in.jsonl", "{no\n")],
+        ["in.jsonl:1: not valid JSON"],
+    ),
+    "predict: input file missing": (
+        lambda t, r: ["predict", "--model", str(r / "ft" / "artifact"), "--input", str(t / "absent.jsonl")],
+        ["absent.jsonl"],
+    ),
+    "predict: model folder with a missing weights file": (
+        lambda t, r: ["predict", "--model", str(without(r, t, "head/model.safetensors")), "--input", "x.txt"],
+        ["missing head/model.safetensors: the folder is incomplete"],
+    ),
+    "evaluate: model folder without its config": (
+        lambda t, r: [
+            "evaluate",
+            "--model",
+            str(without(r, t, "config.json")),
+            "--data",
+            write(t / "d.jsonl", jsonl(rows(2))),
+        ],
+        ["missing config.json"],
+    ),
+    "export: not a run directory": (
+        lambda t, r: ["export", "--run", str(t), "--to", "merged"],
+        ["no config.yaml, so this is not a run directory"],
+    ),
+    "export: an adapter from a run without LoRA": (
+        lambda t, r: ["export", "--run", str(r), "--to", "adapter", "--out", str(t / "out")],
+        ["trained every backbone weight", "export --to merged instead"],
+    ),
+    "export: a phase that is not in the run": (
+        lambda t, r: ["export", "--run", str(r), "--to", "merged", "--phase", "dae"],
+        ["--phase dae is not a phase of this run (ft)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ARTIFACT_CASES))
+def test_bad_model_folders_and_inputs_are_one_clear_message(case, tmp_path, finished_run, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_argv, expected = ARTIFACT_CASES[case]
+    write(tmp_path / "x.txt", "one line\n")
+    code = cli.main([str(a) for a in make_argv(tmp_path, finished_run)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.startswith("dcl-dist: error:")
+    for fragment in expected:
+        assert fragment in err, f"{case}: {fragment!r} not in {err!r}"
+
+
+def test_the_finished_run_itself_predicts(finished_run, tmp_path, capsys):
+    """The cases above fail for the reason they name: the same run and folder work when nothing is wrong."""
+    texts = write(tmp_path / "in.txt", "first\nsecond\n")
+    assert cli.main(["predict", "--model", str(finished_run / "ft" / "artifact"), "--input", str(texts)]) == 0
+    assert [json.loads(line)["label"] in ("a", "b") for line in capsys.readouterr().out.splitlines()] == [True, True]

@@ -86,3 +86,30 @@ def test_a_crash_with_a_dataloader_worker_alive_still_exits(tiny_model, small_da
         timeout=300,  # measured: without the loop's cleanup the interpreter's exit waits on the worker for ever
     )
     assert proc.returncode == 1 and "RuntimeError: injected fault" in proc.stderr
+
+
+def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(tiny_model, small_data, tmp_path):
+    run_dir = tmp_path / "run"
+    args = arguments(tiny_model, small_data, run_dir)
+    checkpoints = run_dir / "dae" / "checkpoints"
+    fault = {"DCL_DISK_FULL_AT_STEP": "4", "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{env()['PYTHONPATH']}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "integration.faults", *args],
+        capture_output=True,
+        text=True,
+        env={**env(), **fault},
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert (
+        f"dcl-dist: training stopped: checkpoint step 4 could not be written to {checkpoints}: No space left on"
+        f" device ({checkpoints / '.partial-step_00000004'}" in proc.stderr
+    ), proc.stderr[-3000:]
+    assert f"the previous checkpoint {checkpoints / 'step_00000002'} is intact" in proc.stderr
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000002"]  # nothing partial
+
+    again = dcl_dist(*args)  # space freed: the same command resumes
+    assert f"resuming from {checkpoints / 'step_00000002'}" in again.stderr
+    assert [s for s, _ in read_scalars(run_dir / "tb" / "dae", "dae/loss")] == list(range(1, STEPS + 1))

@@ -61,3 +61,17 @@ def test_pairs_on_tiny_sets_still_valid():
         pairs = make_pairs([0, 0, 1], random.Random(seed))
         assert all([0, 0, 1][a] != [0, 0, 1][b] for a, b in pairs)
         assert len({tuple(sorted(p)) for p in pairs}) == len(pairs)
+
+
+def test_a_class_with_one_example_still_gets_pairs():
+    labels = [0] * 60 + [1] * 1  # class 1 has a single example: its copies cannot pair with it
+    ratios = class_ratios([60, 1], 1.5, 4.0)
+    assert ratios[1] == pytest.approx(4.0)
+    entries = corrected_entries(labels, ratios, seed=3)
+    sources = [e.index for e in entries]
+    assert sources.count(60) == 4  # the original and three copies
+    for seed in range(5):
+        pairs = make_pairs(sources, random.Random(seed))
+        with_it = [(a, b) for a, b in pairs if 60 in (sources[a], sources[b])]
+        assert len(with_it) >= 4  # every copy is paired, each with an example of the other class
+        assert all(sources[a] != sources[b] for a, b in with_it)

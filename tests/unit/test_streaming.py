@@ -238,11 +238,18 @@ def test_counts_are_kept_for_a_rerun_over_the_same_files(tmp_path, monkeypatch):
     assert str(tmp_path / "train-*.jsonl") in counted
 
 
-def test_bad_json_in_a_stream_names_the_source(tmp_path):
+def test_bad_json_in_a_stream_names_the_file_and_line(tmp_path):
     write_corpus(tmp_path, files=1)
+    lines = len((tmp_path / "train-0.jsonl").read_text().splitlines())
     with open(tmp_path / "train-0.jsonl", "a") as f:
         f.write('{"text": "broken", "label": \n')
-    with pytest.raises(
-        DataError, match=r"train-\*\.jsonl \(rank 0's share, after record \d+\): cannot read it \(.*JSON"
-    ):
+    with pytest.raises(DataError, match=rf"train-0\.jsonl:{lines + 1}: not valid JSON: fix or remove the line"):
         load_splits(stream_config(tmp_path))  # the counting pass meets it first
+
+
+def test_a_bad_parquet_shard_names_the_source(tmp_path):
+    write_corpus(tmp_path, files=1)
+    (tmp_path / "train-0.parquet").write_bytes(b"not a parquet file")
+    cfg = stream_config(tmp_path, f"data.train={tmp_path / 'train-*.parquet'}")
+    with pytest.raises(DataError, match=r"train-\*\.parquet: cannot open it as a stream \(ArrowInvalid: Parquet magic"):
+        load_splits(cfg)
