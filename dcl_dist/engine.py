@@ -141,6 +141,10 @@ def initialize(model: torch.nn.Module, cfg: Config, phase: str, total_steps: int
         )
     groups = [g for g in _param_groups(model, getattr(cfg, phase).weight_decay) if g["params"]]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    if dist.world_size() == 1 and zero_stage(engine) == 0:
+        # one rank has nothing to reduce, but DeepSpeed's backward still flattens, "all-reduces" and copies back
+        # every gradient: 20% of an ft step of MiniLM on the CPU (measured: backward 127 -> 81 ms)
+        engine.enable_backward_allreduce = False
     return engine
 
 
