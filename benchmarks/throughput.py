@@ -186,10 +186,19 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
             loss_seconds = time.perf_counter() - t
         else:
             loss = loss_fn(eng(b["input_ids"], b["attention_mask"]), b["labels"])
+        sync()
+        parts["forward"] += time.perf_counter() - start
+        t = time.perf_counter()
         eng.backward(loss)
+        sync()
+        parts["backward"] += time.perf_counter() - t
+        t = time.perf_counter()
         eng.step()
         sync()
+        parts["optimizer"] += time.perf_counter() - t
         return time.perf_counter() - start, loss_seconds
+
+    parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
 
     batches = [make_batch() for _ in range(4)]
     for i in range(args.warmup):
@@ -197,10 +206,20 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, loss_times = [], []
+    parts.update(forward=0.0, backward=0.0, optimizer=0.0)
     for i in range(args.steps):
         total, loss_s = step(batches[i % 4])
         times.append(total)
         loss_times.append(loss_s)
+    if os.environ.get("DCL_PROFILE"):  # where the time goes: the top GPU (or CPU) kernels of 3 more steps
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for i in range(3):
+                step(batches[i % 4])
+        key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        Path(os.environ["DCL_PROFILE"]).write_text(prof.key_averages().table(sort_by=key, row_limit=30))
     seconds = sum(times)
     flops = model_flops_per_sample(phase, encoder, decoder_extra, vocab, seq, enc_seq) * batch * args.steps
     peak, peak_how = measure_peak_flops(device)
@@ -226,6 +245,7 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         "memory_kind": "GPU max allocated" if device.type == "cuda" else "process peak RSS",
         "loss_share": sum(loss_times) / seconds if phase == "cl" else None,
         "step_ms": 1000 * seconds / args.steps,
+        **{f"{k}_ms": 1000 * v / args.steps for k, v in parts.items()},
     }
 
 
