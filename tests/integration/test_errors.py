@@ -138,17 +138,21 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_clear_message(case, tmp_path, tiny_model, capsys, monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    make_argv, expected = CASES[case]
-    code = cli.main(make_argv(tmp_path, tiny_model))
-    err = capsys.readouterr().err
+def assert_one_clear_message(case: str, code: int, err: str, expected: list[str]) -> None:
+    """Exit status 2 and one `dcl-dist: error:` message holding every expected fragment, no traceback."""
     assert code == 2, err
     assert "Traceback" not in err
     assert err.startswith("dcl-dist: error:")
     for fragment in expected:
         assert fragment in err, f"{case}: {fragment!r} not in {err!r}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_clear_message(case, tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    make_argv, expected = CASES[case]
+    code = cli.main(make_argv(tmp_path, tiny_model))
+    assert_one_clear_message(case, code, capsys.readouterr().err, expected)
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +229,7 @@ def test_bad_model_folders_and_inputs_are_one_clear_message(case, tmp_path, fini
     make_argv, expected = ARTIFACT_CASES[case]
     write(tmp_path / "x.txt", "one line\n")
     code = cli.main([str(a) for a in make_argv(tmp_path, finished_run)])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert err.startswith("dcl-dist: error:")
-    for fragment in expected:
-        assert fragment in err, f"{case}: {fragment!r} not in {err!r}"
+    assert_one_clear_message(case, code, capsys.readouterr().err, expected)
 
 
 def test_the_finished_run_itself_predicts(finished_run, tmp_path, capsys):
