@@ -141,6 +141,8 @@ def initialize(model: torch.nn.Module, cfg: Config, phase: str, total_steps: int
         )
     groups = [g for g in _param_groups(model, getattr(cfg, phase).weight_decay) if g["params"]]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    if zero_stage(engine) == 0 and resolve_precision(cfg.deepspeed.precision) == "fp32":
+        engine.clip_fp32_gradients = lambda: _clip_fp32_gradients(engine)
     if dist.world_size() == 1 and zero_stage(engine) == 0:
         # one rank has nothing to reduce, but DeepSpeed's backward still flattens, "all-reduces" and copies back
         # every gradient: 20% of an ft step of MiniLM on the CPU (measured: backward 127 -> 81 ms)
@@ -150,6 +152,14 @@ def initialize(model: torch.nn.Module, cfg: Config, phase: str, total_steps: int
 
 def learning_rate(engine) -> float:
     return float(engine.get_lr()[0])
+
+
+def _clip_fp32_gradients(engine) -> None:
+    """Stage 0 in fp32: clip with PyTorch's multi-tensor kernels and keep the norm for the logs. DeepSpeed's own
+    clip here loops over the parameters in Python (25 ms of a 475 ms MiniLM dae step on the CPU) and drops
+    the norm it computed."""
+    params = [p for p in engine.module.parameters() if p.grad is not None]
+    engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(params, engine.gradient_clipping(), foreach=True)
 
 
 def grad_norm(engine) -> float | None:
