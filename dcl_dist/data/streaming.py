@@ -53,6 +53,9 @@ from dcl_dist.data.sources import (
 )
 
 log = logging.getLogger(__name__)
+# datasets' builders log a read error themselves before raising it; it reaches the user once, as our DataError
+# with the file and line
+logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
 
 STREAM_BUFFER = 3
 STREAM_COPIES = 4
