@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from dcl_dist import cli
 from dcl_dist.config import VARIANTS
 from integration.cli import dcl_dist, tiny_overrides
 
@@ -44,7 +45,9 @@ def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_
         assert record["imbalance"] == {"three_phase": "paper", "no_imb": "none", "extra_imb": "extra"}[variant]
 
     out = tmp_path / "predictions.jsonl"
-    dcl_dist("predict", "--model", run_dir / "ft" / "artifact", "--input", small_data / "test.jsonl", "--output", out)
+    # in this process (the training above ran in its own): a predict subprocess would only import torch again
+    argv = ["predict", "--model", run_dir / "ft" / "artifact", "--input", small_data / "test.jsonl", "--output", out]
+    assert cli.main([str(a) for a in argv]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == metrics["test"]["n"]
     assert set(rows[0]["probabilities"]) == {"food", "music", "weather"}
