@@ -111,14 +111,18 @@ class StepClock:
 def training_args(args, out: Path, **extra):
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    return SentenceTransformerTrainingArguments(
+    return SentenceTransformerTrainingArguments(**common_args(args, out), lr_scheduler_type="linear", **extra)
+
+
+def common_args(args, out: Path) -> dict:
+    """The Trainer settings every peer shares: batch, steps, learning rate, schedule, CPU, no saving or logging."""
+    return dict(
         output_dir=str(out),
         per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.steps,
         learning_rate=args.lr,
         weight_decay=0.01,
         warmup_steps=0.1,
-        lr_scheduler_type="linear",
         save_strategy="no",
         report_to=[],
         logging_steps=1000,
@@ -126,7 +130,6 @@ def training_args(args, out: Path, **extra):
         use_cpu=True,
         disable_tqdm=True,
         seed=args.seed,
-        **extra,
     )
 
 
@@ -225,21 +228,7 @@ def run_hf_ft(model: str, rows: list[dict], args, work: Path) -> float:
     )
     clock = StepClock(args.warmup)
     torch.manual_seed(args.seed)
-    hf_args = TrainingArguments(
-        output_dir=str(work / "hf_ft"),
-        per_device_train_batch_size=args.batch_size,
-        max_steps=args.warmup + args.steps,
-        learning_rate=args.lr,
-        weight_decay=0.01,
-        warmup_steps=0.1,
-        save_strategy="no",
-        report_to=[],
-        logging_steps=1000,
-        dataloader_num_workers=0,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=args.seed,
-    )
+    hf_args = TrainingArguments(**common_args(args, work / "hf_ft"))
     trainer = Trainer(
         model=MeanPoolClassifier(),
         args=hf_args,
