@@ -16,13 +16,19 @@ import os
 import sys
 from pathlib import Path
 
-from dcl_dist.config import ConfigError, load_config
+from dcl_dist.config import load_config
+from dcl_dist.errors import DclDistError, Interrupted
 
 log = logging.getLogger("dcl_dist")
 
 
+def _rank() -> int:
+    """This process's rank, from the launcher's environment (before or after the process group exists)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
 def _setup_logging() -> None:
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    rank = _rank()
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
@@ -56,13 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with interrupt.stop_on_signals():
             metrics = run_variant(cfg, args.phase)
-    except interrupt.Interrupted as e:
-        if dist.is_main():
-            print(f"dcl-dist: {e}", file=sys.stderr)
-        return interrupt.EXIT_CODE
     finally:
         dist.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _rank() == 0:
         ft_metrics = metrics.get("phases", {}).get("ft", {})
         if "test" in ft_metrics:
             print_report(ft_metrics["test"])
@@ -227,18 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = build_parser().parse_args(argv)
     _setup_logging()
-    from dcl_dist.data.sources import DataError
-    from dcl_dist.loop import TrainingError
-    from dcl_dist.models.artifact import ArtifactError
-
     try:
         return args.func(args)
-    except (ConfigError, DataError, ArtifactError) as e:
-        print(f"dcl-dist: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"dcl-dist: training stopped: {e}", file=sys.stderr)
-        return 3
+    except DclDistError as e:
+        # a stop request is the same on every rank: one rank says so; any other error may be one rank's own
+        if not isinstance(e, Interrupted) or _rank() == 0:
+            print(f"dcl-dist: {e.label}: {e}" if e.label else f"dcl-dist: {e}", file=sys.stderr)
+        return e.exit_code
     except OSError as e:  # a file the user named, or the run directory, cannot be read or written
         where = f"{e.filename}: " if e.filename else ""
         print(

@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import yaml
 
+from dcl_dist.errors import ConfigError
+
 VARIANTS: dict[str, tuple[str, ...]] = {
     "three_phase": ("dae", "cl", "ft"),
     "joint": ("joint", "ft"),
@@ -280,15 +282,6 @@ class Config:
             self.cl.min_ratio if self.cl.min_ratio is not None else preset[0],
             self.cl.max_ratio if self.cl.max_ratio is not None else preset[1],
         )
-
-
-class ConfigError(ValueError):
-    """One or more configuration problems, each naming the key, where it was set and the fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
-        super().__init__(f"invalid configuration ({head}):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

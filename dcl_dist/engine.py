@@ -24,6 +24,7 @@ import torch
 
 from dcl_dist import dist
 from dcl_dist.config import Config, PhaseConfig, accumulation_steps
+from dcl_dist.errors import CheckpointWriteError
 
 TEMPLATES = Path(__file__).resolve().parent / "deepspeed_templates"
 """configs/deepspeed, linked into the package so that an installed package finds it too."""
@@ -180,10 +181,6 @@ def zero_stage(engine) -> int:
 
 def _tag(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
 
 
 def save_checkpoint(engine, root: Path, step: int, state: dict, rank_state: dict, keep_last: int) -> Path:

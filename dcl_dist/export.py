@@ -13,14 +13,8 @@ from pathlib import Path
 import yaml
 
 from dcl_dist.config import VARIANTS
-from dcl_dist.models.artifact import (
-    ADAPTER_DIR,
-    ArtifactError,
-    is_complete,
-    load_artifact,
-    write_adapter_artifact,
-    write_artifact,
-)
+from dcl_dist.errors import ModelError
+from dcl_dist.models.artifact import ADAPTER_DIR, is_complete, load_artifact, write_adapter_artifact, write_artifact
 from dcl_dist.models.lora import read_adapter
 
 FORMS = ("adapter", "merged", "sentence-transformers")
@@ -33,18 +27,18 @@ def phase_artifact(run_dir: Path, phase: str | None = None) -> Path:
     run_dir = Path(run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
-        raise ArtifactError(f"{run_dir}: no config.yaml, so this is not a run directory: give the run.dir of a run")
+        raise ModelError(f"{run_dir}: no config.yaml, so this is not a run directory: give the run.dir of a run")
     phases = VARIANTS[yaml.safe_load(config.read_text())["run"]["variant"]]
     if phase is not None:
         if phase not in phases:
-            raise ArtifactError(f"{run_dir}: --phase {phase} is not a phase of this run ({', '.join(phases)})")
+            raise ModelError(f"{run_dir}: --phase {phase} is not a phase of this run ({', '.join(phases)})")
         candidates = [phase]
     else:
         candidates = list(reversed(phases))
     for name in candidates:
         if is_complete(run_dir / name / "artifact"):
             return run_dir / name / "artifact"
-    raise ArtifactError(
+    raise ModelError(
         f"{run_dir}: phase {candidates[0]} has no finished artifact: train it first (dcl-dist train ... --phase)"
     )
 
@@ -58,7 +52,7 @@ def export(run_dir: Path, form: str, out: Path | None = None, phase: str | None 
     max_length = art.meta["max_length"]
     if form == "adapter":
         if art.meta.get("lora") is None:
-            raise ArtifactError(
+            raise ModelError(
                 f"{source}: phase {art.meta['phase']} trained every backbone weight (lora.enabled false, or the phase"
                 " not in lora.phases; or an earlier phase of the chain trained every weight): no adapter reproduces"
                 " it; export --to merged instead"
@@ -71,5 +65,5 @@ def export(run_dir: Path, form: str, out: Path | None = None, phase: str | None 
         # predict the classifier; the backbone already holds the adapters merged in, so no adapter/ goes along
         write_artifact(out, art.encoder, art.tokenizer, {**meta, "lora": None}, max_length, art.head)
     else:
-        raise ArtifactError(f"unknown export form {form}: use one of {', '.join(FORMS)}")
+        raise ModelError(f"unknown export form {form}: use one of {', '.join(FORMS)}")
     return out

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.data.sources import DataError
+from dcl_dist.errors import DataError, ModelError
 from dcl_dist.metrics import classification_metrics
-from dcl_dist.models.artifact import Artifact, ArtifactError, load_artifact
+from dcl_dist.models.artifact import Artifact, load_artifact
 from dcl_dist.models.head import Classifier
 
 
@@ -25,7 +25,7 @@ class Predictor:
     def load(cls, path: Path) -> Predictor:
         art: Artifact = load_artifact(path)
         if art.head is None:
-            raise ArtifactError(
+            raise ModelError(
                 f"{path}: this artifact ({art.meta.get('phase')}) has no classification head: point to a run's"
                 " ft/artifact (encoder-only artifacts embed text; use sentence-transformers for that)"
             )

@@ -11,21 +11,17 @@ import signal
 from collections.abc import Iterator
 
 from dcl_dist import dist
+from dcl_dist.errors import Interrupted
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
-EXIT_CODE = 75
-"""Exit status of a run that stopped on request with a checkpoint (EX_TEMPFAIL: run the same command again)."""
 
-
-class Interrupted(Exception):
-    """Training stopped on a stop request; every rank raises it, after the checkpoint is complete."""
-
-    def __init__(self, where: str):
-        why = f"on {_received}" if _received else "on a stop request that another rank received"
-        super().__init__(f"stopped {why} {where}: run the same command again to resume")
+def stopped(where: str) -> Interrupted:
+    """The error every rank raises once a stop request has been honoured (after the checkpoint is complete)."""
+    why = f"on {_received}" if _received else "on a stop request that another rank received"
+    return Interrupted(f"stopped {why} {where}: run the same command again to resume")
 
 
 _received: str | None = None

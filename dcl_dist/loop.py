@@ -20,16 +20,9 @@ import torch
 from dcl_dist import dist, interrupt
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, PhaseConfig
+from dcl_dist.errors import CheckpointWriteError, NonFiniteLossError, TrainingError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (out of memory, a NaN loss): the message names the step and what to change."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite."""
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -185,7 +178,7 @@ def train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     """Train one phase to its end (or early stop), resuming from <phase_dir>/checkpoints if it holds one.
 
     A stop request (interrupt.stop_on_signals) ends the phase at the next step boundary with a checkpoint and
-    raises interrupt.Interrupted on every rank.
+    raises errors.Interrupted on every rank.
     """
     try:
         return _train(run, cfg, phase_dir)
@@ -220,15 +213,15 @@ def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
     if state.finished:
         return state
     if dist.any_true(interrupt.requested() is not None):  # the request came while the phase was starting
-        raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, before training on")
+        raise interrupt.stopped(f"at {run.name} step {state.step} of {steps}, before training on")
     logger = Logger(phase_dir.parent, run.name, cfg, steps, state.step)
 
     def save(root: Path, rank_state: dict, keep_last: int) -> None:
         try:
             ds.save_checkpoint(engine, root, state.step, vars(state), rank_state, keep_last)
-        except ds.CheckpointWriteError as e:
+        except CheckpointWriteError:
             logger.close()
-            raise TrainingError(str(e)) from None
+            raise
 
     def checkpoint() -> None:
         save(ckpt_root, {"rng": rng_state(), "data": data_state}, cfg.checkpoint.keep_last)
@@ -326,7 +319,7 @@ def _train(run: PhaseRun, cfg: Config, phase_dir: Path) -> LoopState:
                     checkpoint()
                 logger.close()
                 saved = ds.latest_checkpoint(ckpt_root)
-                raise interrupt.Interrupted(f"at {run.name} step {state.step} of {steps}, checkpoint {saved}")
+                raise interrupt.stopped(f"at {run.name} step {state.step} of {steps}, checkpoint {saved}")
         if state.step_in_epoch >= run.steps_per_epoch:
             state.epoch += 1
             state.step_in_epoch = 0  # data_state goes on: a stream's next epoch starts where this one stopped

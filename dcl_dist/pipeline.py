@@ -16,9 +16,9 @@ from pathlib import Path
 
 from dcl_dist import dist, interrupt
 from dcl_dist import engine as ds
-from dcl_dist.config import Config, ConfigError, accumulation_steps, check_world, dump_yaml, to_dict
-from dcl_dist.data.sources import DataError
+from dcl_dist.config import Config, accumulation_steps, check_world, dump_yaml, to_dict
 from dcl_dist.data.splits import Splits, load_splits
+from dcl_dist.errors import ConfigError, DataError
 from dcl_dist.models.artifact import is_complete, read_meta
 from dcl_dist.phases import cl, dae, ft, joint
 from dcl_dist.phases.common import PhaseContext
@@ -155,7 +155,7 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
         settings = phase_settings(cfg, phases, phase)
         check_settings(phase_dir, settings, run_dir)
         if dist.any_true(interrupt.requested() is not None):  # it came after the previous phase's last step
-            raise interrupt.Interrupted(f"before phase {phase}")
+            raise interrupt.stopped(f"before phase {phase}")
         if is_complete(artifact):
             if dist.is_main():
                 log.info("%s: finished earlier (%s), skipped", phase, artifact)

@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dcl_dist.config import looks_like_path
-
-
-class DataError(ValueError):
-    """A problem with the data a user gave: names the file (and line) or the split, and the fix."""
+from dcl_dist.errors import DataError
 
 
 @dataclass

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcl_dist.config import Config
-from dcl_dist.data.sources import DataError, Record, label_order, read_source, text_and_labels
+from dcl_dist.data.sources import Record, label_order, read_source, text_and_labels
 from dcl_dist.data.streaming import TrainStream, describe_stream
+from dcl_dist.errors import DataError
 
 log = logging.getLogger(__name__)
 

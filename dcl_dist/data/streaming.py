@@ -42,7 +42,6 @@ from dcl_dist.data.batching import (
 )
 from dcl_dist.data.noise import keyed_int, keyed_rng, keyed_uniform, text_id
 from dcl_dist.data.sources import (
-    DataError,
     class_label_names,
     expand_paths,
     file_format,
@@ -51,6 +50,7 @@ from dcl_dist.data.sources import (
     parse_hub_name,
     text_and_labels,
 )
+from dcl_dist.errors import DataError
 
 log = logging.getLogger(__name__)
 # datasets' builders log a read error themselves before raising it; it reaches the user once, as our DataError

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from dcl_dist.errors import ModelError
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
 from dcl_dist.models.head import ClassifierHead
 from dcl_dist.models.lora import (
@@ -49,10 +50,6 @@ ADAPTER_DIR = "adapter"
 """Subfolder of an artifact trained with LoRA: the adapter that gives its weights on meta["lora"]["base"]."""
 FORMAT_VERSION = 1
 TANH = "torch.nn.modules.activation.Tanh"
-
-
-class ArtifactError(ValueError):
-    """A model folder that is missing or incomplete."""
 
 
 @dataclass
@@ -89,7 +86,7 @@ def _building(path: Path) -> Iterator[Path]:
 def _refuse_empty(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     empty = empty_tensors(tensors)
     if empty:
-        raise ArtifactError(
+        raise ModelError(
             f"{path}: refusing to write {len(empty)} tensors with a zero dimension ({', '.join(empty[:3])}):"
             " these are ZeRO-3 partitions that were not gathered; write inside engine.full_parameters"
         )
@@ -202,13 +199,13 @@ def _write_parts(
 
 
 def read_meta(path: Path) -> dict:
-    """An artifact's dcl_dist.json, or an ArtifactError that says what is missing."""
+    """An artifact's dcl_dist.json, or an ModelError that says what is missing."""
     path = Path(path)
     meta_file = path / META_FILE
     if not path.is_dir():
-        raise ArtifactError(f"{path}: no such model folder: give a run's artifact folder (e.g. runs/x/ft/artifact)")
+        raise ModelError(f"{path}: no such model folder: give a run's artifact folder (e.g. runs/x/ft/artifact)")
     if not meta_file.is_file():
-        raise ArtifactError(
+        raise ModelError(
             f"{path}: no {META_FILE}, so this is not a complete dcl_dist artifact"
             " (the phase that writes it did not finish): rerun the phase or point to another folder"
         )
@@ -240,9 +237,7 @@ def load_artifact(path: Path, attn_implementation: str = "sdpa", backbone: torch
             needed.append("model.safetensors")
     missing = [n for n in needed if not (path / n).is_file()]
     if missing:
-        raise ArtifactError(
-            f"{path}: missing {', '.join(missing)}: the folder is incomplete; copy it again or re-export"
-        )
+        raise ModelError(f"{path}: missing {', '.join(missing)}: the folder is incomplete; copy it again or re-export")
     if backbone is None:
         backbone = (
             _adapted_backbone(path, attn_implementation)
@@ -266,7 +261,7 @@ def _adapted_backbone(path: Path, attn_implementation: str) -> torch.nn.Module:
     try:
         backbone = load_backbone(adapter.base, attn_implementation)
     except OSError as e:
-        raise ArtifactError(
+        raise ModelError(
             f"{path}: the adapter's base model {adapter.base} cannot be loaded ({e}): make it available there, or"
             f" point base_model_name_or_path in {path / ADAPTER_CONFIG} to a copy of it"
         ) from None

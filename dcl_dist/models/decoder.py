@@ -14,11 +14,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from dcl_dist.errors import ModelError
 from dcl_dist.losses.reconstruction import token_cross_entropy
-
-
-class DecoderError(ValueError):
-    """The base model's architecture has no decoder with cross-attention."""
 
 
 def load_decoder(name_or_path: str, attn_implementation: str = "sdpa") -> nn.Module:
@@ -31,7 +28,7 @@ def load_decoder(name_or_path: str, attn_implementation: str = "sdpa") -> nn.Mod
             name_or_path, config=config, attn_implementation=attn_implementation
         )
     except (ValueError, KeyError) as e:
-        raise DecoderError(
+        raise ModelError(
             f"model type '{config.model_type}' of {name_or_path} has no causal-LM decoder with cross-attention in"
             f" transformers ({e}), which phase dae needs: use a BERT-, RoBERTa-, ELECTRA- or XLM-R-style encoder,"
             " or a variant without phase dae (cl_ft, ft)"
@@ -96,7 +93,7 @@ def lm_head(decoder: nn.Module) -> nn.Module:
     """The decoder's head (hidden -> vocabulary logits): every child that is not the body."""
     heads = [m for name, m in decoder.named_children() if name != decoder.base_model_prefix]
     if len(heads) != 1:
-        raise DecoderError(f"cannot find the LM head of {type(decoder).__name__}")
+        raise ModelError(f"cannot find the LM head of {type(decoder).__name__}")
     return heads[0]
 
 

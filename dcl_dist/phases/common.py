@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcl_dist import dist, loop
+from dcl_dist import dist
 from dcl_dist import engine as ds
 from dcl_dist.config import Config, accumulation_steps
 from dcl_dist.data.batching import BatchPlan, Tokenize, epoch_order, length_grouped, make_loader
 from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.data.splits import Splits, TextSet
 from dcl_dist.data.streaming import StreamFeed
+from dcl_dist.errors import TrainingError
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.losses.pair_cosine import InBatchCosineLoss, PairCosineLoss, all_pairs_cosine_mse, level_weights
 from dcl_dist.losses.supcon import SupConLoss
@@ -246,7 +247,7 @@ def save_artifact(
                 failure = e
     if dist.any_true(failure is not None):
         why = f"{failure.strerror} ({failure.filename})" if failure is not None and failure.strerror else failure
-        raise loop.TrainingError(
+        raise TrainingError(
             f"{path} could not be written: {why or 'rank 0 could not write it'}. The phase's last checkpoint is kept:"
             " free space (or fix the folder's permissions) and run the same command again to write it"
         )

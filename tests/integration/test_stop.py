@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dcl_dist.interrupt import EXIT_CODE
+from dcl_dist.errors import Interrupted
 from integration.cli import REPO, dcl_dist, env, tiny_overrides
 from tb import read_scalars
 
@@ -60,7 +60,7 @@ def test_ctrl_c_ends_in_a_checkpoint_that_the_next_run_resumes(tiny_model, small
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground process group
-        assert proc.wait(timeout=300) == EXIT_CODE, log.read_text()[-3000:]
+        assert proc.wait(timeout=300) == Interrupted.exit_code, log.read_text()[-3000:]
     first = log.read_text()
     stopped = re.search(r"dcl-dist: stopped on SIGINT at dae step (\d+) of 12, checkpoint (\S+): run the same", first)
     assert stopped, first[-3000:]

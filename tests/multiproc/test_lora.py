@@ -28,8 +28,9 @@ def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> d
     from dcl_dist.config import load_config
     from dcl_dist.data.batching import Tokenize
     from dcl_dist.data.splits import load_splits
+    from dcl_dist.errors import ModelError
     from dcl_dist.export import FORMS, export
-    from dcl_dist.models.artifact import ArtifactError, write_artifact
+    from dcl_dist.models.artifact import write_artifact
     from dcl_dist.models.head import Classifier, ClassifierHead
     from dcl_dist.phases.common import PhaseContext, load_start, report_trainable, save_artifact, seed_everything
     from dcl_dist.phases.dae import build_model
@@ -86,7 +87,7 @@ def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> d
         try:  # outside a gather, rank 0 holds empty partitions: the writer must refuse them
             write_artifact(Path(run_dir) / "ungathered", engine.module.encoder, tokenizer, {}, 24, head=head)
             out["ungathered"] = "written"
-        except ArtifactError as e:
+        except ModelError as e:
             out["ungathered"] = str(e)
     with ds.full_parameters(engine.module):
         trained = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}

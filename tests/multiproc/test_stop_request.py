@@ -1,5 +1,5 @@
 """A stop request that reaches one rank only (SIGUSR1 to rank 1) stops both ranks after the same step, each with
-interrupt.Interrupted, behind one complete checkpoint of that step."""
+errors.Interrupted, behind one complete checkpoint of that step."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _train_until_signalled(model_dir: str, train: str, run_dir: str) -> str:
     import os
     import signal
 
-    from dcl_dist import dist, interrupt
+    from dcl_dist import dist, errors, interrupt
     from dcl_dist.config import load_config
     from dcl_dist.data import batching
     from dcl_dist.pipeline import run_variant
@@ -40,7 +40,7 @@ def _train_until_signalled(model_dir: str, train: str, run_dir: str) -> str:
     with interrupt.stop_on_signals():
         try:
             run_variant(cfg, only_phase="dae")
-        except interrupt.Interrupted as e:
+        except errors.Interrupted as e:
             return str(e)
     return "finished"
 

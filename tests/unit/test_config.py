@@ -3,16 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl_dist.config import (
-    Config,
-    ConfigError,
-    accumulation_steps,
-    check_world,
-    dump_yaml,
-    field_docs,
-    load_config,
-    schema_keys,
-)
+from dcl_dist.config import Config, accumulation_steps, check_world, dump_yaml, field_docs, load_config, schema_keys
+from dcl_dist.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = str(REPO / "pyproject.toml")  # any existing file will do where only the path is checked

@@ -4,8 +4,9 @@ import json
 import pytest
 
 from dcl_dist.config import load_config
-from dcl_dist.data.sources import DataError, read_source
+from dcl_dist.data.sources import read_source
 from dcl_dist.data.splits import load_splits, stratified_holdout, stratified_subset
+from dcl_dist.errors import DataError
 
 
 def write_jsonl(path, rows):

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dcl_dist.config import ConfigError, load_config, schema_keys
-from dcl_dist.data.sources import DataError
+from dcl_dist.config import load_config, schema_keys
 from dcl_dist.data.splits import read_rows
+from dcl_dist.errors import ConfigError, DataError
 
 KEYS = list(schema_keys())
 SCALARS = st.one_of(

@@ -13,7 +13,7 @@ def test_stop_signals_set_the_request_and_the_handlers_come_back():
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGTERM)  # a later signal does not replace the first
         assert interrupt.requested() == "SIGUSR1"
-        assert "stopped on SIGUSR1 at dae step 3" in str(interrupt.Interrupted("at dae step 3 of 9"))
+        assert "stopped on SIGUSR1 at dae step 3" in str(interrupt.stopped("at dae step 3 of 9"))
     assert signal.getsignal(signal.SIGTERM) is before
     assert interrupt.requested() is None  # the request ends with its block
     with interrupt.stop_on_signals():

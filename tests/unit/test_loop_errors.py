@@ -8,6 +8,7 @@ import torch
 from dcl_dist import engine as ds
 from dcl_dist import loop
 from dcl_dist.config import load_config
+from dcl_dist.errors import NonFiniteLossError, TrainingError
 
 
 def tiny_run(tmp_path, loss_at_step):
@@ -40,7 +41,7 @@ def tiny_run(tmp_path, loss_at_step):
 
 def test_nan_loss_names_the_step_and_the_last_good_checkpoint(tmp_path):
     run, cfg = tiny_run(tmp_path, lambda n, loss: loss * float("nan") if n == 5 else loss)
-    with pytest.raises(loop.NonFiniteLossError, match=r"at step 5\. The last good checkpoint is .*step_00000004"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 5\. The last good checkpoint is .*step_00000004"):
         loop.train(run, cfg, tmp_path / "ft")
     assert (tmp_path / "ft" / "checkpoints" / "step_00000004" / "complete.json").is_file()
 
@@ -52,7 +53,7 @@ def test_out_of_memory_names_a_micro_batch_that_keeps_the_global_batch(tmp_path)
         return loss
 
     run, cfg = tiny_run(tmp_path, oom)
-    with pytest.raises(loop.TrainingError) as err:
+    with pytest.raises(TrainingError) as err:
         loop.train(run, cfg, tmp_path / "ft")
     message = str(err.value)
     assert "out of memory at step 3" in message

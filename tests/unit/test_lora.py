@@ -10,8 +10,9 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from dcl_dist.config import LoraConfig, load_config
+from dcl_dist.errors import ModelError
 from dcl_dist.models import lora
-from dcl_dist.models.artifact import ArtifactError, load_artifact, write_artifact
+from dcl_dist.models.artifact import load_artifact, write_artifact
 from dcl_dist.models.decoder import freeze_body, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
 from dcl_dist.phases.common import PhaseContext, load_start
@@ -113,7 +114,7 @@ def test_automatic_targets_exist_in_every_listed_model_type(model_type):
 
 
 def test_unknown_target_modules_are_one_config_problem_naming_what_exists(tiny_model):
-    from dcl_dist.config import ConfigError
+    from dcl_dist.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         load_config(
@@ -198,8 +199,8 @@ def test_a_tensor_with_a_zero_dimension_is_never_written(tmp_path, tiny_model):
     adapter = lora.trained_adapter(encoder.backbone, str(tiny_model))
     key = next(iter(adapter.weights))
     adapter.weights[key] = torch.empty(0)  # what a ZeRO-3 partition looks like outside a gather
-    with pytest.raises(ArtifactError, match="zero dimension"):
+    with pytest.raises(ModelError, match="zero dimension"):
         write_artifact(tmp_path / "a", encoder, AutoTokenizer.from_pretrained(str(tiny_model)), {}, 24, adapter=adapter)
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()
-    with pytest.raises(ArtifactError, match="no such model folder"):
+    with pytest.raises(ModelError, match="no such model folder"):
         load_artifact(tmp_path / "a")

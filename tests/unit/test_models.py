@@ -3,7 +3,8 @@ import torch
 from transformers import AutoTokenizer
 
 from conftest import make_tiny_model
-from dcl_dist.models.artifact import ArtifactError, load_artifact, write_artifact
+from dcl_dist.errors import ModelError
+from dcl_dist.models.artifact import load_artifact, write_artifact
 from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone, pool
 from dcl_dist.models.head import ClassifierHead
@@ -81,7 +82,7 @@ def test_incomplete_artifact_is_reported(tmp_path, tiny_model):
     path = tmp_path / "artifact"
     write_artifact(path, encoder, AutoTokenizer.from_pretrained(str(tiny_model)), {"phase": "dae"}, 32)
     (path / "2_Dense" / "model.safetensors").unlink()
-    with pytest.raises(ArtifactError, match="missing 2_Dense/model.safetensors"):
+    with pytest.raises(ModelError, match="missing 2_Dense/model.safetensors"):
         load_artifact(path)
-    with pytest.raises(ArtifactError, match="no such model folder"):
+    with pytest.raises(ModelError, match="no such model folder"):
         load_artifact(tmp_path / "nope")

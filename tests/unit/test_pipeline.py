@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from dcl_dist.config import ConfigError, load_config
-from dcl_dist.data.sources import DataError
+from dcl_dist.config import load_config
+from dcl_dist.errors import ConfigError, DataError
 from dcl_dist.pipeline import run_variant
 
 

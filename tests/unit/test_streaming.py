@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import streams
-from dcl_dist.config import ConfigError, load_config
+from dcl_dist.config import load_config
 from dcl_dist.data import streaming
 from dcl_dist.data.balance import class_ratios, corrected_sizes
 from dcl_dist.data.batching import BatchPlan, Tokenize
 from dcl_dist.data.contrastive import correction_ratios
-from dcl_dist.data.sources import DataError
 from dcl_dist.data.splits import load_splits
 from dcl_dist.data.streaming import RankStream, StreamFeed
+from dcl_dist.errors import ConfigError, DataError
 
 SIZES = {"weather": 90, "music": 24, "food": 5}
 
