@@ -1,0 +1,85 @@
+"""The layout of a run directory, in one place: every module asks these objects for a path.
+
+    <run>/config.yaml             the resolved config
+    <run>/metrics.json            each finished phase's metrics and the final ones
+    <run>/tb/<phase>/             TensorBoard events of each phase
+    <run>/stream_counts.json      the counting pass of a streamed train split
+    <run>/export/<form>/          `dcl-dist export` writes here unless told otherwise
+    <run>/<phase>/settings.json   the settings the phase was trained with
+    <run>/<phase>/checkpoints/    resumable checkpoints (checkpoints.py names what is inside)
+    <run>/<phase>/best/           phase ft: the best validation weights so far
+    <run>/<phase>/artifact/       the phase's output: a Hugging Face folder + dcl_dist.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TENSORBOARD = "tb"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class PhaseDir:
+    """One phase's folder in a run directory, and the phase's place in the run's shared folders."""
+
+    run: Path
+    name: str
+
+    @property
+    def root(self) -> Path:
+        return self.run / self.name
+
+    @property
+    def artifact(self) -> Path:
+        return self.root / "artifact"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "settings.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        """The phase's TensorBoard events: one TensorBoard run per phase, beside the other phases'."""
+        return self.run / TENSORBOARD / self.name
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory (run.dir): re-running the same command on it resumes."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str from the config is welcome
+
+    def phase(self, name: str) -> PhaseDir:
+        return PhaseDir(self.root, name)
+
+    def export(self, form: str) -> Path:
+        return self.root / "export" / form
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    @property
+    def stream_counts_file(self) -> Path:
+        return self.root / "stream_counts.json"
