@@ -171,8 +171,9 @@ def run_st_dae(model: str, rows: list[dict], args, work: Path) -> float:
 def dcl_pairs(rows: list[dict], seed: int) -> list[tuple[str, str, float]]:
     """The pairs dcl_dist's pair mode builds from the same rows (no imbalance correction), with targets."""
     from dcl_dist.data.balance import make_pairs
+    from dcl_dist.seeds import epoch_rng
 
-    pairs = make_pairs(list(range(len(rows))), random.Random(seed * 1_000_003))
+    pairs = make_pairs(list(range(len(rows))), epoch_rng(seed, 0))
     return [(rows[a]["text"], rows[b]["text"], float(rows[a]["label"] == rows[b]["label"])) for a, b in pairs]
 
 

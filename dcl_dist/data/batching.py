@@ -9,28 +9,23 @@ the examples the uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from dcl_dist.data.balance import Entry
 from dcl_dist.data.noise import delete_stop_words, delete_words, keyed_rng
 from dcl_dist.interrupt import ignore_in_worker
-
-NOISE_DAE = 1
-NOISE_COPY = 2
-"""Namespaces of keyed_rng, so that the two noises never draw the same numbers."""
+from dcl_dist.seeds import NOISE_COPY, NOISE_DAE, epoch_permutation_rng, epoch_rng, length_shuffle_rng
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """A permutation of range(n) that depends only on (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    return epoch_permutation_rng(seed, epoch).permutation(n).tolist()
 
 
 def class_aware_order(labels: list[int], group: int, seed: int, epoch: int) -> list[int]:
@@ -38,7 +33,7 @@ def class_aware_order(labels: list[int], group: int, seed: int, epoch: int) -> l
 
     Groups are shuffled, so a batch holds a random mix of classes in which most examples have a positive.
     """
-    rng = random.Random(seed * 1_000_003 + epoch)
+    rng = epoch_rng(seed, epoch)
     by_class: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_class[label].append(i)
@@ -69,7 +64,7 @@ def length_grouped(order: list[int], lengths: list[int], global_batch: int, seed
         ranked = sorted(order[start : start + window], key=lambda i: lengths[i])
         batches += [ranked[j : j + global_batch] for j in range(0, len(ranked), global_batch)]
     tail = [batches.pop()] if batches and len(batches[-1]) < global_batch else []
-    random.Random(seed * 1_000_033 + epoch).shuffle(batches)
+    length_shuffle_rng(seed, epoch).shuffle(batches)
     return [i for batch in batches + tail for i in batch]
 
 

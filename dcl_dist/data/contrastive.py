@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import random
-
 from dcl_dist.config import Config
 from dcl_dist.data.balance import Entry, class_ratios, corrected_entries, corrected_sizes, make_pairs
 from dcl_dist.data.batching import (
@@ -18,6 +16,7 @@ from dcl_dist.data.batching import (
     length_grouped,
 )
 from dcl_dist.data.splits import TextSet, class_counts
+from dcl_dist.seeds import epoch_rng
 
 
 def correction_ratios(cfg: Config, counts: list[int]) -> tuple[list[float], dict]:
@@ -65,7 +64,7 @@ class ContrastiveBatches:
         inner = ClCollate(self.tokenize, self.source, self.entries, self.noise, epoch, self.with_dae)
         seed = self.cfg.run.seed
         if self.cfg.cl.mode == "pair":
-            pairs = make_pairs([e.index for e in self.entries], random.Random(seed * 1_000_003 + epoch))
+            pairs = make_pairs([e.index for e in self.entries], epoch_rng(seed, epoch))
             order = list(range(len(pairs)))
             if self.cfg.data.group_by_length:
                 # a pair's loss does not depend on its batch mates: grouping pairs by length changes nothing else

@@ -51,16 +51,13 @@ from dcl_dist.data.sources import (
     text_and_labels,
 )
 from dcl_dist.errors import DataError
+from dcl_dist.seeds import STREAM_BUFFER, STREAM_COPIES, STREAM_PAIRS
 
 log = logging.getLogger(__name__)
 # datasets' builders log a read error themselves before raising it; it reaches the user once, as our DataError
 # with the file and line
 logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
 
-STREAM_BUFFER = 3
-STREAM_COPIES = 4
-STREAM_PAIRS = 5
-"""keyed_int namespaces of the buffer's draws, the correction's copies and pair mode's pairing (noise uses 1, 2)."""
 
 BUILDERS = {"jsonl": "json", "csv": "csv", "tsv": "csv", "parquet": "parquet", "txt": "text"}
 """The Hugging Face packaged builder that streams each local file type."""
