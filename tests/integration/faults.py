@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from dcl_dist import cli, loop
-from dcl_dist import engine as ds
+from dcl_dist import checkpoints, cli, loop
 
 if "DCL_STALL_AT_STEP" in os.environ:
-    _fsync_dir = ds._fsync_dir
-    _stall_at = f"{ds.PARTIAL_PREFIX}{ds.CHECKPOINT_PREFIX}{int(os.environ['DCL_STALL_AT_STEP']):08d}"
+    _fsync_dir = checkpoints._fsync_dir
+    _stall_at = f"{checkpoints.PARTIAL_PREFIX}{checkpoints.CHECKPOINT_PREFIX}{int(os.environ['DCL_STALL_AT_STEP']):08d}"
 
     def _stalling_fsync_dir(path: Path) -> None:
         if path.name == _stall_at:
@@ -26,7 +25,7 @@ if "DCL_STALL_AT_STEP" in os.environ:
             time.sleep(600)
         _fsync_dir(path)
 
-    ds._fsync_dir = _stalling_fsync_dir
+    checkpoints._fsync_dir = _stalling_fsync_dir
 
 if "DCL_RAISE_AT_MICRO_BATCH" in os.environ:
     _to_device = loop.to_device
@@ -47,7 +46,7 @@ if "DCL_DISK_FULL_AT_STEP" in os.environ:
     import torch
 
     _save = torch.save
-    _full_at = f"{ds.CHECKPOINT_PREFIX}{int(os.environ['DCL_DISK_FULL_AT_STEP']):08d}"
+    _full_at = f"{checkpoints.CHECKPOINT_PREFIX}{int(os.environ['DCL_DISK_FULL_AT_STEP']):08d}"
 
     def _full_disk_save(obj, f, *args, **kwargs):
         if _full_at in str(f):

@@ -17,15 +17,14 @@ def _save_with_rank_1_out_of_space(tmp: str) -> tuple[str, list[str]]:
 
     import torch
 
-    from dcl_dist import dist
-    from dcl_dist import engine as ds
+    from dcl_dist import checkpoints, dist, engine
     from dcl_dist.config import load_config
     from dcl_dist.errors import CheckpointWriteError
 
     cfg = load_config(None, [f"run.dir={tmp}", f"data.train={__file__}", "ft.micro_batch_size_per_rank=2"])
-    engine = ds.initialize(torch.nn.Linear(4, 2), cfg, "ft", total_steps=4, hidden_size=4)
+    model_engine = engine.initialize(torch.nn.Linear(4, 2), cfg, "ft", total_steps=4, hidden_size=4)
     root = Path(tmp) / "checkpoints"
-    ds.save_checkpoint(engine, root, 1, {"step": 1}, {}, keep_last=3)
+    checkpoints.save(model_engine, root, 1, {"step": 1}, {}, keep_last=3)
     if dist.rank() == 1:
 
         def full(obj, f, *args, **kwargs):
@@ -33,7 +32,7 @@ def _save_with_rank_1_out_of_space(tmp: str) -> tuple[str, list[str]]:
 
         torch.save = full
     try:
-        ds.save_checkpoint(engine, root, 2, {"step": 2}, {}, keep_last=3)
+        checkpoints.save(model_engine, root, 2, {"step": 2}, {}, keep_last=3)
     except CheckpointWriteError as e:
         message = str(e)
     else:

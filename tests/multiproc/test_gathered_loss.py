@@ -31,8 +31,7 @@ def _batch(world: int, tokenizer):
 def _gradients(model_dir: str, loss_name: str, run_dir: str):
     from transformers import AutoTokenizer
 
-    from dcl_dist import dist
-    from dcl_dist import engine as ds
+    from dcl_dist import dist, engine
     from dcl_dist.losses.pair_cosine import InBatchCosineLoss, all_pairs_cosine_mse, level_weights
     from dcl_dist.losses.supcon import SupConLoss, supcon
     from dcl_dist.models.encoder import SentenceEncoder, load_backbone
@@ -57,10 +56,10 @@ def _gradients(model_dir: str, loss_name: str, run_dir: str):
             "cl.max_grad_norm=0",
         ],
     )
-    engine = ds.initialize(model, cfg, "cl", total_steps=10, hidden_size=model.hidden_size)
-    loss = loss_fn(engine(ids[rows], mask[rows]), levels[rows])
-    engine.backward(loss)
-    grads = {n: p.grad.detach().clone() for n, p in engine.module.named_parameters() if p.grad is not None}
+    model_engine = engine.initialize(model, cfg, "cl", total_steps=10, hidden_size=model.hidden_size)
+    loss = loss_fn(model_engine(ids[rows], mask[rows]), levels[rows])
+    model_engine.backward(loss)
+    grads = {n: p.grad.detach().clone() for n, p in model_engine.module.named_parameters() if p.grad is not None}
 
     # the reference: one process, the whole global batch, no gathering
     z = reference(ids, mask)

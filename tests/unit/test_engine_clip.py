@@ -2,7 +2,7 @@
 
 import torch
 
-from dcl_dist import engine as ds
+from dcl_dist import engine
 from dcl_dist.config import load_config
 
 
@@ -10,16 +10,16 @@ def test_stage_0_clips_and_reports_the_norm(tmp_path):
     overrides = [f"run.dir={tmp_path}", f"data.train={__file__}", "ft.micro_batch_size_per_rank=4"]
     cfg = load_config(None, [*overrides, "ft.max_grad_norm=0.5"])
     torch.manual_seed(0)
-    engine = ds.initialize(torch.nn.Linear(8, 3), cfg, "ft", total_steps=4, hidden_size=8)
-    assert ds.zero_stage(engine) == 0
-    loss = (engine(torch.randn(4, 8)) * 100).sum()
-    engine.backward(loss)
-    before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in engine.module.parameters()]))
+    model_engine = engine.initialize(torch.nn.Linear(8, 3), cfg, "ft", total_steps=4, hidden_size=8)
+    assert engine.zero_stage(model_engine) == 0
+    loss = (model_engine(torch.randn(4, 8)) * 100).sum()
+    model_engine.backward(loss)
+    before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model_engine.module.parameters()]))
     assert before > 0.5
-    engine.step()
-    assert abs(ds.grad_norm(engine) - before.item()) <= 1e-5 * before.item()
+    model_engine.step()
+    assert abs(engine.grad_norm(model_engine) - before.item()) <= 1e-5 * before.item()
 
-    engine.backward((engine(torch.randn(4, 8)) * 100).sum())
-    engine.clip_fp32_gradients()
-    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in engine.module.parameters()]))
+    model_engine.backward((model_engine(torch.randn(4, 8)) * 100).sum())
+    model_engine.clip_fp32_gradients()
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model_engine.module.parameters()]))
     assert after <= 0.5 + 1e-6
