@@ -66,7 +66,7 @@ def _train_dae(model_dir: str, folder: str, run_dir: str, crash: bool) -> int:
     """Train phase dae (stopped after CRASH_AFTER steps if crash); returns the micro-batches the stream made."""
     from pathlib import Path
 
-    from dcl_dist import loop
+    from dcl_dist import monitor
     from dcl_dist.config import load_config
     from dcl_dist.data.streaming import RankStream
     from dcl_dist.pipeline import run_variant
@@ -90,7 +90,7 @@ def _train_dae(model_dir: str, folder: str, run_dir: str, crash: bool) -> int:
             "logging.progress_bar=false",
         ],
     )
-    advance = loop.Logger.advance
+    advance = monitor.Monitor.advance
 
     def advance_then_crash(self, loss):
         advance(self, loss)
@@ -106,14 +106,14 @@ def _train_dae(model_dir: str, folder: str, run_dir: str, crash: bool) -> int:
         made += 1
         return next_micro_batch(self)
 
-    loop.Logger.advance = advance_then_crash if crash else advance
+    monitor.Monitor.advance = advance_then_crash if crash else advance
     RankStream.next_micro_batch = counted
     try:
         run_variant(cfg, only_phase="dae")
     except Crash:
         pass
     finally:
-        loop.Logger.advance, RankStream.next_micro_batch = advance, next_micro_batch
+        monitor.Monitor.advance, RankStream.next_micro_batch = advance, next_micro_batch
     return made
 
 

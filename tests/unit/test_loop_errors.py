@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from dcl_dist import engine as ds
-from dcl_dist import loop
+from dcl_dist import engine, loop
 from dcl_dist.config import load_config
 from dcl_dist.errors import NonFiniteLossError, TrainingError
+from dcl_dist.rundir import RunDir
 
 
 def tiny_run(tmp_path, loss_at_step):
@@ -25,24 +27,25 @@ def tiny_run(tmp_path, loss_at_step):
         ],
     )
     model = torch.nn.Linear(4, 2)
-    engine = ds.initialize(model, cfg, "ft", total_steps=10, hidden_size=4)
+    model_engine = engine.initialize(model, cfg, "ft", total_steps=10, hidden_size=4)
     calls = {"n": 0}
 
     def batches(epoch, start, data_state=None):
         for _ in range(start, 10):
             yield {"input_ids": torch.randn(2, 4), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
 
-    def step_loss(eng, batch):
+    def step_loss(model_engine, batch):
         calls["n"] += 1
-        return loss_at_step(calls["n"], eng(batch["input_ids"]).sum())
+        return loss_at_step(calls["n"], model_engine(batch["input_ids"]).sum())
 
-    return loop.PhaseRun("ft", engine, 10, batches, step_loss), cfg
+    feed = SimpleNamespace(steps_per_epoch=10, batches=batches)
+    return loop.PhaseRun("ft", model_engine, feed, step_loss), cfg
 
 
 def test_nan_loss_names_the_step_and_the_last_good_checkpoint(tmp_path):
     run, cfg = tiny_run(tmp_path, lambda n, loss: loss * float("nan") if n == 5 else loss)
     with pytest.raises(NonFiniteLossError, match=r"at step 5\. The last good checkpoint is .*step_00000004"):
-        loop.train(run, cfg, tmp_path / "ft")
+        loop.train(run, cfg, RunDir(tmp_path).phase("ft"))
     assert (tmp_path / "ft" / "checkpoints" / "step_00000004" / "complete.json").is_file()
 
 
@@ -54,7 +57,7 @@ def test_out_of_memory_names_a_micro_batch_that_keeps_the_global_batch(tmp_path)
 
     run, cfg = tiny_run(tmp_path, oom)
     with pytest.raises(TrainingError) as err:
-        loop.train(run, cfg, tmp_path / "ft")
+        loop.train(run, cfg, RunDir(tmp_path).phase("ft"))
     message = str(err.value)
     assert "out of memory at step 3" in message
     assert "ft.micro_batch_size_per_rank=1 ft.global_batch_size=2" in message
@@ -66,4 +69,4 @@ def test_other_errors_pass_through(tmp_path):
 
     run, cfg = tiny_run(tmp_path, broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        loop.train(run, cfg, tmp_path / "ft")
+        loop.train(run, cfg, RunDir(tmp_path).phase("ft"))
