@@ -42,13 +42,14 @@ def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int,
     """Train `warmup + steps` steps of one phase on random token ids; samples/s over the last `steps`."""
     import torch
 
-    from dcl_dist import dist
-    from dcl_dist import engine as ds
+    from dcl_dist import dist, engine
     from dcl_dist.config import load_config
     from dcl_dist.losses.pair_cosine import InBatchCosineLoss, level_weights
     from dcl_dist.models.head import Classifier, ClassifierHead
     from dcl_dist.phases import dae
-    from dcl_dist.phases.common import PhaseContext, load_start, report_trainable
+    from dcl_dist.phases.context import PhaseContext
+    from dcl_dist.phases.start import load_start, report_trainable
+    from dcl_dist.rundir import RunDir
 
     cfg = load_config(
         None,
@@ -62,7 +63,7 @@ def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int,
         ],
     )
     dist.init()
-    ctx = PhaseContext(cfg, Path(folder), None, folder)
+    ctx = PhaseContext(cfg, RunDir(folder), None, folder)
     torch.manual_seed(0)
     if phase == "dae":
         model, _ = dae.build_model(ctx)
@@ -76,7 +77,7 @@ def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int,
             head = ClassifierHead(encoder.hidden_size, 256, N_CLASSES)
             model, loss_fn = Classifier(encoder, head), torch.nn.CrossEntropyLoss()
     trainable, total = report_trainable(model, phase)
-    engine = ds.initialize(model, cfg, phase, total_steps=warmup + steps, hidden_size=encoder.hidden_size)
+    model_engine = engine.initialize(model, cfg, phase, total_steps=warmup + steps, hidden_size=encoder.hidden_size)
     vocab = encoder.backbone.config.vocab_size
     device = dist.device()
     gen = torch.Generator().manual_seed(1)
@@ -90,15 +91,15 @@ def measure(folder: str, phase: str, lora: bool, micro_batch: int, seq_len: int,
             keep = max(2, int(0.4 * seq_len))
             target = ids(seq_len)
             labels = torch.cat([target[:, 1:], torch.full((micro_batch, 1), -100, device=device)], 1)
-            loss = engine(ids(keep), mask[:, :keep], target, mask, labels)
+            loss = model_engine(ids(keep), mask[:, :keep], target, mask, labels)
         elif phase == "cl":
             levels = torch.randint(0, N_CLASSES, (micro_batch, 1), generator=gen).to(device)
-            loss = loss_fn(engine(ids(seq_len), mask), levels)
+            loss = loss_fn(model_engine(ids(seq_len), mask), levels)
         else:
             labels = torch.randint(0, N_CLASSES, (micro_batch,), generator=gen).to(device)
-            loss = loss_fn(engine(ids(seq_len), mask), labels)
-        engine.backward(loss)
-        engine.step()
+            loss = loss_fn(model_engine(ids(seq_len), mask), labels)
+        model_engine.backward(loss)
+        model_engine.step()
 
     for _ in range(warmup):
         step()

@@ -114,8 +114,9 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
     from dcl_dist.losses.classification import ClassificationLoss
     from dcl_dist.losses.pair_cosine import InBatchCosineLoss, level_weights
     from dcl_dist.models.head import Classifier, ClassifierHead
-    from dcl_dist.phases.common import PhaseContext, load_start
+    from dcl_dist.phases.context import PhaseContext
     from dcl_dist.phases.dae import build_model
+    from dcl_dist.phases.start import load_start
 
     cfg = load_config(
         None,

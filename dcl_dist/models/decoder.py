@@ -35,6 +35,19 @@ def load_decoder(name_or_path: str, attn_implementation: str = "sdpa") -> nn.Mod
         ) from None
 
 
+def build_tsdae_decoder(
+    name_or_path: str, attn_implementation: str, encoder_backbone: nn.Module, tied: bool, lora: bool
+) -> TsdaeDecoder:
+    """The TSDAE decoder of phases dae and joint: tied to the encoder's body (dae.tie_decoder), and in a LoRA phase
+    with its own pretrained body frozen (frozen before tying: the shared layers keep the encoder's settings)."""
+    decoder = load_decoder(name_or_path, attn_implementation)
+    if lora:
+        freeze_body(decoder)
+    if tied:
+        tie_to_encoder(decoder, encoder_backbone)
+    return TsdaeDecoder(decoder)
+
+
 def tie_to_encoder(decoder: nn.Module, encoder_backbone: nn.Module) -> int:
     """Make the decoder's body share the encoder's leaf modules; returns how many leaves are shared.
 

@@ -9,21 +9,12 @@ from __future__ import annotations
 import logging
 
 from dcl_dist import dist, loop
-from dcl_dist import engine as ds
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.phases.common import (
-    PhaseContext,
-    contrastive_batches,
-    contrastive_evaluator,
-    contrastive_loss,
-    embedding_report,
-    load_start,
-    report_trainable,
-    resolve_max_length,
-    save_artifact,
-    seed_everything,
-    truncation_note,
-)
+from dcl_dist.phases.context import PhaseContext
+from dcl_dist.phases.contrastive import contrastive_evaluator, contrastive_loss
+from dcl_dist.phases.feed import contrastive_feed
+from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.start import load_start, report_trainable, resolve_max_length, seed_everything, start_engine
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +26,24 @@ def run(ctx: PhaseContext) -> dict:
     encoder.add_dense()
     report_trainable(encoder, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
-
-    steps_per_epoch, batches, record = contrastive_batches(ctx, phase, tokenize)
+    feed, correction = contrastive_feed(ctx, phase, tokenize)
     if dist.is_main():
         log.info(
-            "cl: imbalance %s: class sizes %s -> %s", cfg.cl.imbalance, record["counts"], record["corrected_counts"]
+            "cl: imbalance %s: class sizes %s -> %s",
+            cfg.cl.imbalance,
+            correction["counts"],
+            correction["corrected_counts"],
         )
     n_levels = len(ctx.splits.label_names)
     loss_fn = contrastive_loss(cfg, n_levels)
-    engine = ds.initialize(encoder, cfg, phase, loop.total_steps(cfg.cl, steps_per_epoch), encoder.hidden_size)
+    model_engine = start_engine(ctx, phase, encoder, encoder.hidden_size, feed.steps_per_epoch)
 
-    def step_loss(eng, batch):
-        return loss_fn(eng(batch["input_ids"], batch["attention_mask"]), batch["levels"])
+    def step_loss(model_engine, batch):
+        return loss_fn(model_engine(batch["input_ids"], batch["attention_mask"]), batch["levels"])
 
-    evaluate = contrastive_evaluator(cfg, phase, lambda: engine.module, tokenize, ctx.splits.validation, n_levels)
+    evaluate = contrastive_evaluator(ctx, phase, model_engine.module, tokenize, n_levels)
     state = loop.train(
-        loop.PhaseRun(phase, engine, steps_per_epoch, batches, step_loss, evaluate),
-        cfg,
-        ctx.phase_dir(phase),
+        loop.PhaseRun(phase, model_engine, feed, step_loss, evaluate), cfg, ctx.phase_dir(phase), ctx.resume
     )
-    truncation_note(tokenize, phase)
-    embedding = embedding_report(ctx, phase, engine.module, tokenize, state.step)
-    metrics = {"steps": state.step, "embedding": embedding, "history": state.history, "imbalance_correction": record}
-    save_artifact(ctx, phase, engine, engine.module, tokenizer, tokenize.max_length, {"metrics": metrics})
-    return metrics
+    metrics = {"steps": state.step, "history": state.history, "imbalance_correction": correction}
+    return finish(ctx, phase, model_engine, model_engine.module, tokenizer, tokenize, state, metrics)

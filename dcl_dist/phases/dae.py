@@ -5,36 +5,28 @@ Artifact: encoder + pooling + bottleneck Dense.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from dcl_dist import engine as ds
 from dcl_dist import loop
-from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize, dae_targets
-from dcl_dist.data.splits import load_unlabelled
+from dcl_dist.data.batching import Noise, Tokenize, dae_targets
 from dcl_dist.evaluation import sharded_apply
 from dcl_dist.losses.reconstruction import ReconstructionLoss
-from dcl_dist.models.decoder import TsdaeDecoder, freeze_body, load_decoder, tie_to_encoder
+from dcl_dist.models.decoder import TsdaeDecoder, build_tsdae_decoder
 from dcl_dist.models.encoder import SentenceEncoder
-from dcl_dist.phases.common import (
-    PhaseContext,
-    batch_plan,
-    embedding_report,
-    epoch_loader,
-    eval_batch_size,
+from dcl_dist.phases.context import PhaseContext
+from dcl_dist.phases.feed import dae_feed
+from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.start import (
     load_start,
     report_trainable,
     resolve_max_length,
-    save_artifact,
     seed_everything,
-    shuffled_order,
-    stream_feed,
-    truncation_note,
+    start_engine,
     uses_lora,
 )
-
-UNLABELLED_ID_OFFSET = 1 << 40
-"""Sample ids of data.unlabelled texts start here, apart from train's (noise keys must not collide)."""
 
 VALIDATION_EPOCH = -1
 """Noise key of the validation loss: the same corruption at every evaluation."""
@@ -61,12 +53,14 @@ def build_model(ctx: PhaseContext) -> tuple[DaeModel, object]:
     encoder, tokenizer = load_start(ctx, "dae")
     if cfg.model.bottleneck:
         encoder.add_dense()
-    decoder = load_decoder(cfg.model.name_or_path, cfg.model.attn_implementation)
-    if uses_lora(cfg, "dae"):
-        freeze_body(decoder)
-    if cfg.dae.tie_decoder:
-        tie_to_encoder(decoder, encoder.backbone)
-    return DaeModel(encoder, TsdaeDecoder(decoder)), tokenizer
+    decoder = build_tsdae_decoder(
+        cfg.model.name_or_path,
+        cfg.model.attn_implementation,
+        encoder.backbone,
+        tied=cfg.dae.tie_decoder,
+        lora=uses_lora(cfg, "dae"),
+    )
+    return DaeModel(encoder, decoder), tokenizer
 
 
 def run(ctx: PhaseContext) -> dict:
@@ -75,52 +69,38 @@ def run(ctx: PhaseContext) -> dict:
     model, tokenizer = build_model(ctx)
     report_trainable(model, phase)
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, model.encoder.backbone))
-
     noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio)
-    if ctx.splits.stream is not None:
-        feed = stream_feed(ctx, phase, tokenize)
-        steps_per_epoch, batches = feed.steps_per_epoch, feed.batches
-    else:
-        train = ctx.splits.train
-        extra = load_unlabelled(cfg)
-        ids = train.ids + [UNLABELLED_ID_OFFSET + i for i in range(len(extra))]
-        source = TextSource(train.texts + extra, None, ids)
-        plan = batch_plan(cfg, phase)
-        steps_per_epoch = plan.steps(len(source.texts))
-        lengths = tokenize.lengths(source.texts) if cfg.data.group_by_length else []
+    feed = dae_feed(ctx, tokenize, noise)
+    model_engine = start_engine(ctx, phase, model, model.encoder.hidden_size, feed.steps_per_epoch)
 
-        def batches(epoch: int, start: int, data_state=None):
-            order = shuffled_order(cfg, plan, len(source.texts), lengths, epoch)
-            return epoch_loader(cfg, plan, order, start, steps_per_epoch, DaeCollate(tokenize, source, noise, epoch))
-
-    engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.dae, steps_per_epoch), model.encoder.hidden_size)
-
-    validation = ctx.splits.validation
-
-    def evaluate() -> dict[str, float]:
-        def collate(items):
-            clean = [validation.texts[i] for i in items]
-            noisy = [noise.dae(t, validation.ids[i], VALIDATION_EPOCH) for t, i in zip(clean, items)]
-            return {**tokenize(noisy), **dae_targets(tokenize, clean)}
-
-        def loss_and_count(b):
-            """Per text: (summed token cross-entropy, tokens)."""
-            sentence = engine.module.encoder(b["input_ids"], b["attention_mask"])
-            token_losses = engine.module.decoder(
-                sentence, b["decoder_input_ids"], b["decoder_attention_mask"], b["decoder_labels"]
-            )
-            return torch.stack([token_losses.sum(1), (b["decoder_labels"] != -100).sum(1).float()], dim=1)
-
-        sums = sharded_apply(loss_and_count, collate, len(validation), eval_batch_size(cfg, phase)).sum(0)
-        return {"loss": float(sums[0] / sums[1].clamp(min=1))}
-
+    evaluate = validation_loss(ctx, model_engine.module, tokenize, noise)
     state = loop.train(
-        loop.PhaseRun(phase, engine, steps_per_epoch, batches, lambda eng, b: eng(**b), evaluate),
+        loop.PhaseRun(phase, model_engine, feed, lambda model_engine, batch: model_engine(**batch), evaluate),
         cfg,
         ctx.phase_dir(phase),
+        ctx.resume,
     )
-    truncation_note(tokenize, phase)
-    embedding = embedding_report(ctx, phase, engine.module.encoder, tokenize, state.step)
-    metrics = {"steps": state.step, "embedding": embedding, "history": state.history}
-    save_artifact(ctx, phase, engine, engine.module.encoder, tokenizer, tokenize.max_length, {"metrics": metrics})
-    return metrics
+    metrics = {"steps": state.step, "history": state.history}
+    return finish(ctx, phase, model_engine, model_engine.module.encoder, tokenizer, tokenize, state, metrics)
+
+
+def validation_loss(ctx: PhaseContext, model: DaeModel, tokenize: Tokenize, noise: Noise) -> Callable[[], dict]:
+    """The reconstruction loss per token on validation, of texts noised the same way at every evaluation."""
+    validation = ctx.splits.validation
+
+    def collate(items: list[int]) -> dict:
+        clean = [validation.texts[i] for i in items]
+        noisy = [noise.dae(t, validation.ids[i], VALIDATION_EPOCH) for t, i in zip(clean, items)]
+        return {**tokenize(noisy), **dae_targets(tokenize, clean)}
+
+    def loss_and_count(b: dict) -> torch.Tensor:
+        """Per text: (summed token cross-entropy, tokens)."""
+        sentence = model.encoder(b["input_ids"], b["attention_mask"])
+        token_losses = model.decoder(sentence, b["decoder_input_ids"], b["decoder_attention_mask"], b["decoder_labels"])
+        return torch.stack([token_losses.sum(1), (b["decoder_labels"] != -100).sum(1).float()], dim=1)
+
+    def evaluate() -> dict[str, float]:
+        sums = sharded_apply(loss_and_count, collate, len(validation), ctx.eval_batch_size("dae")).sum(0)
+        return {"loss": float(sums[0] / sums[1].clamp(min=1))}
+
+    return evaluate

@@ -12,24 +12,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dcl_dist import engine as ds
 from dcl_dist import loop
 from dcl_dist.data.batching import Tokenize
 from dcl_dist.losses.reconstruction import ReconstructionLoss
-from dcl_dist.models.decoder import TsdaeDecoder, freeze_body, load_decoder, tie_to_encoder
+from dcl_dist.models.decoder import TsdaeDecoder, build_tsdae_decoder
 from dcl_dist.models.encoder import SentenceEncoder
-from dcl_dist.phases.common import (
-    PhaseContext,
-    contrastive_batches,
-    contrastive_evaluator,
-    contrastive_loss,
-    embedding_report,
+from dcl_dist.phases.context import PhaseContext
+from dcl_dist.phases.contrastive import contrastive_evaluator, contrastive_loss
+from dcl_dist.phases.feed import contrastive_feed
+from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.start import (
     load_start,
     report_trainable,
     resolve_max_length,
-    save_artifact,
     seed_everything,
-    truncation_note,
+    start_engine,
     uses_lora,
 )
 
@@ -62,44 +59,43 @@ class JointModel(nn.Module):
         return self.dae_weight * l_dae + self.cl_weight * l_cl
 
 
-def run(ctx: PhaseContext) -> dict:
+def build_model(ctx: PhaseContext) -> tuple[JointModel, object]:
+    """The encoder this phase starts from, plus the bottleneck (read by the tied decoder) and the clustering layer."""
     cfg, phase = ctx.cfg, "joint"
-    seed_everything(cfg.run.seed)
     encoder, tokenizer = load_start(ctx, phase)
     if cfg.model.bottleneck:
         encoder.add_dense()
     dae_depth = len(encoder.dense)  # the decoder reads the sentence vector after the bottleneck
     encoder.add_dense()
-    decoder = load_decoder(cfg.model.name_or_path, cfg.model.attn_implementation)
-    if uses_lora(cfg, phase):
-        freeze_body(decoder)
-    if cfg.dae.tie_decoder:
-        tie_to_encoder(decoder, encoder.backbone)
-    n_levels = len(ctx.splits.label_names)
-    model = JointModel(
-        encoder,
-        TsdaeDecoder(decoder),
-        contrastive_loss(cfg, n_levels),
-        dae_depth,
-        cfg.joint.dae_weight,
-        cfg.joint.cl_weight,
+    decoder = build_tsdae_decoder(
+        cfg.model.name_or_path,
+        cfg.model.attn_implementation,
+        encoder.backbone,
+        tied=cfg.dae.tie_decoder,
+        lora=uses_lora(cfg, phase),
     )
+    contrastive = contrastive_loss(cfg, len(ctx.splits.label_names))
+    model = JointModel(encoder, decoder, contrastive, dae_depth, cfg.joint.dae_weight, cfg.joint.cl_weight)
+    return model, tokenizer
+
+
+def run(ctx: PhaseContext) -> dict:
+    cfg, phase = ctx.cfg, "joint"
+    seed_everything(cfg.run.seed)
+    model, tokenizer = build_model(ctx)
     report_trainable(model, phase)
+    encoder = model.encoder
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
+    feed, correction = contrastive_feed(ctx, phase, tokenize, with_dae=True)
+    model_engine = start_engine(ctx, phase, model, encoder.hidden_size, feed.steps_per_epoch)
 
-    steps_per_epoch, batches, record = contrastive_batches(ctx, phase, tokenize, with_dae=True)
-    engine = ds.initialize(model, cfg, phase, loop.total_steps(cfg.joint, steps_per_epoch), encoder.hidden_size)
-
-    evaluate = contrastive_evaluator(
-        cfg, phase, lambda: engine.module.encoder, tokenize, ctx.splits.validation, n_levels
-    )
+    n_levels = len(ctx.splits.label_names)
+    evaluate = contrastive_evaluator(ctx, phase, model_engine.module.encoder, tokenize, n_levels)
     state = loop.train(
-        loop.PhaseRun(phase, engine, steps_per_epoch, batches, lambda eng, b: eng(b), evaluate),
+        loop.PhaseRun(phase, model_engine, feed, lambda model_engine, batch: model_engine(batch), evaluate),
         cfg,
         ctx.phase_dir(phase),
+        ctx.resume,
     )
-    truncation_note(tokenize, phase)
-    embedding = embedding_report(ctx, phase, engine.module.encoder, tokenize, state.step)
-    metrics = {"steps": state.step, "embedding": embedding, "history": state.history, "imbalance_correction": record}
-    save_artifact(ctx, phase, engine, engine.module.encoder, tokenizer, tokenize.max_length, {"metrics": metrics})
-    return metrics
+    metrics = {"steps": state.step, "history": state.history, "imbalance_correction": correction}
+    return finish(ctx, phase, model_engine, model_engine.module.encoder, tokenizer, tokenize, state, metrics)

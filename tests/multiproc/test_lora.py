@@ -23,8 +23,7 @@ PROBE = ["please play some jazz now", "will it rain tomorrow in town", "book a t
 def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> dict | None:
     from pathlib import Path
 
-    from dcl_dist import dist
-    from dcl_dist import engine as ds
+    from dcl_dist import dist, engine
     from dcl_dist.config import load_config
     from dcl_dist.data.batching import Tokenize
     from dcl_dist.data.splits import load_splits
@@ -32,9 +31,12 @@ def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> d
     from dcl_dist.export import FORMS, export
     from dcl_dist.models.artifact import write_artifact
     from dcl_dist.models.head import Classifier, ClassifierHead
-    from dcl_dist.phases.common import PhaseContext, load_start, report_trainable, save_artifact, seed_everything
+    from dcl_dist.phases.context import PhaseContext
     from dcl_dist.phases.dae import build_model
+    from dcl_dist.phases.outputs import save_artifact
+    from dcl_dist.phases.start import load_start, report_trainable, seed_everything
     from dcl_dist.pipeline import run_variant
+    from dcl_dist.rundir import RunDir
 
     cfg = load_config(
         None,
@@ -59,39 +61,41 @@ def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> d
         ],
     )
     out: dict = {}
-    dae_count, _ = report_trainable(build_model(PhaseContext(cfg, Path(run_dir), None, model_dir))[0], "dae")
+    dae_count, _ = report_trainable(build_model(PhaseContext(cfg, RunDir(run_dir), None, model_dir))[0], "dae")
     run_variant(cfg, only_phase="dae")
-    dae_artifact = Path(run_dir) / "dae" / "artifact"
+    dae_artifact = RunDir(run_dir).phase("dae").artifact
 
     splits = load_splits(cfg)
-    ctx = PhaseContext(cfg, Path(run_dir), splits, str(dae_artifact), [{"phase": "dae"}])
+    ctx = PhaseContext(cfg, RunDir(run_dir), splits, str(dae_artifact), [{"phase": "dae"}])
     seed_everything(cfg.run.seed)
     encoder, tokenizer = load_start(ctx, "ft")
-    head = ClassifierHead(encoder.hidden_size, HEAD_HIDDEN, len(splits.classes), 0.0)
+    head = ClassifierHead(encoder.hidden_size, HEAD_HIDDEN, len(splits.class_names), 0.0)
     model = Classifier(encoder, head)
     ft_count, _ = report_trainable(model, "ft")
-    engine = ds.initialize(model, cfg, "ft", total_steps=FT_STEPS, hidden_size=encoder.hidden_size)
+    model_engine = engine.initialize(model, cfg, "ft", total_steps=FT_STEPS, hidden_size=encoder.hidden_size)
     tokenize = Tokenize(tokenizer, 24)
     for step in range(FT_STEPS):  # each rank its own examples
         rows = [(dist.rank() * FT_STEPS + step) * 4 + i for i in range(4)]
         batch = tokenize([splits.train.texts[i] for i in rows])
         labels = torch.tensor([splits.train.labels[i] for i in rows])
-        engine.backward(torch.nn.functional.cross_entropy(engine(batch["input_ids"], batch["attention_mask"]), labels))
-        engine.step()
-    engine.eval()
+        logits = model_engine(batch["input_ids"], batch["attention_mask"])
+        model_engine.backward(torch.nn.functional.cross_entropy(logits, labels))
+        model_engine.step()
+    model_engine.eval()
     probe = tokenize(PROBE)
     with torch.no_grad():
-        logits = engine(probe["input_ids"], probe["attention_mask"])
-        embeddings = engine.module.encoder(probe["input_ids"], probe["attention_mask"])
+        logits = model_engine(probe["input_ids"], probe["attention_mask"])
+        embeddings = model_engine.module.encoder(probe["input_ids"], probe["attention_mask"])
     if stage == 3 and dist.is_main():
         try:  # outside a gather, rank 0 holds empty partitions: the writer must refuse them
-            write_artifact(Path(run_dir) / "ungathered", engine.module.encoder, tokenizer, {}, 24, head=head)
+            write_artifact(Path(run_dir) / "ungathered", model_engine.module.encoder, tokenizer, {}, 24, head=head)
             out["ungathered"] = "written"
         except ModelError as e:
             out["ungathered"] = str(e)
-    with ds.full_parameters(engine.module):
-        trained = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
-    save_artifact(ctx, "ft", engine, engine.module.encoder, tokenizer, 24, {}, head=engine.module.head)
+    with engine.full_parameters(model_engine.module):
+        trained = {n: p.detach().clone() for n, p in model_engine.module.named_parameters() if p.requires_grad}
+    encoder = model_engine.module.encoder
+    save_artifact(ctx, "ft", model_engine, encoder, tokenizer, 24, {}, head=model_engine.module.head)
     if not dist.is_main():
         return None
     exports = {form: export(Path(run_dir), form, Path(run_dir) / "out" / form, "ft") for form in FORMS}

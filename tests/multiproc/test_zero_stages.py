@@ -60,11 +60,10 @@ def _weights_in_sync(model_dir: str, run_dir: str, stage: int) -> bool:
     """Train the tied DAE 3 steps on different data per rank; every rank must hold the same weights."""
     from transformers import AutoTokenizer
 
-    from dcl_dist import dist
-    from dcl_dist import engine as ds
+    from dcl_dist import dist, engine
     from dcl_dist.config import load_config
     from dcl_dist.data.batching import DaeCollate, Noise, TextSource, Tokenize
-    from dcl_dist.phases.common import PhaseContext
+    from dcl_dist.phases.context import PhaseContext
     from dcl_dist.phases.dae import build_model
 
     cfg = load_config(
@@ -80,7 +79,7 @@ def _weights_in_sync(model_dir: str, run_dir: str, stage: int) -> bool:
     )
     torch.manual_seed(0)
     model, tokenizer = build_model(PhaseContext(cfg, None, None, model_dir))
-    engine = ds.initialize(model, cfg, "dae", total_steps=10, hidden_size=model.encoder.hidden_size)
+    model_engine = engine.initialize(model, cfg, "dae", total_steps=10, hidden_size=model.encoder.hidden_size)
     texts = [f"rank {dist.rank()} sentence number {i} with some words" for i in range(9)]
     collate = DaeCollate(
         Tokenize(AutoTokenizer.from_pretrained(model_dir), 24),
@@ -90,9 +89,9 @@ def _weights_in_sync(model_dir: str, run_dir: str, stage: int) -> bool:
     )
     for step in range(3):
         batch = collate([3 * step, 3 * step + 1, 3 * step + 2])
-        engine.backward(engine(**batch))
-        engine.step()
-    weights = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+        model_engine.backward(model_engine(**batch))
+        model_engine.step()
+    weights = {n: p.detach().clone() for n, p in model_engine.module.named_parameters()}
     return dist.same_on_all_ranks({n: w.numpy().tobytes() for n, w in weights.items()})
 
 

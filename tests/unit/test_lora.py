@@ -15,7 +15,9 @@ from dcl_dist.models import lora
 from dcl_dist.models.artifact import load_artifact, write_artifact
 from dcl_dist.models.decoder import freeze_body, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
-from dcl_dist.phases.common import PhaseContext, load_start
+from dcl_dist.phases.context import PhaseContext
+from dcl_dist.phases.start import load_start
+from dcl_dist.rundir import RunDir
 
 IDS = torch.tensor([[101, 2000, 2001, 2002, 2003, 102]])
 
@@ -174,7 +176,7 @@ def test_merged_chain_starts_a_fresh_adapter_on_the_merged_weights(tmp_path, tin
     plain = AutoModel.from_pretrained(str(path))  # the artifact itself is a plain model with the adapter merged
     assert torch.allclose(_states(plain), _states(trained.backbone), atol=1e-5)
 
-    encoder, _ = load_start(PhaseContext(cfg, tmp_path, None, str(path)), "ft")
+    encoder, _ = load_start(PhaseContext(cfg, RunDir(tmp_path), None, str(path)), "ft")
     layer = encoder.backbone.encoder.layer[0].attention.self.query
     assert torch.count_nonzero(layer.lora_B[lora.ADAPTER_NAME].weight) == 0  # fresh
     assert torch.equal(layer.base_layer.weight, plain.encoder.layer[0].attention.self.query.weight)
@@ -183,7 +185,7 @@ def test_merged_chain_starts_a_fresh_adapter_on_the_merged_weights(tmp_path, tin
 
 def test_carried_chain_continues_the_adapter_on_the_base_weights(tmp_path, tiny_model_nodrop):
     path, trained, adapter, cfg = _dae_artifact(tmp_path, tiny_model_nodrop, merge=False)
-    encoder, _ = load_start(PhaseContext(cfg, tmp_path, None, str(path)), "ft")
+    encoder, _ = load_start(PhaseContext(cfg, RunDir(tmp_path), None, str(path)), "ft")
     base = AutoModel.from_pretrained(str(tiny_model_nodrop))
     layer = encoder.backbone.encoder.layer[0].attention.self.query
     assert torch.equal(layer.base_layer.weight, base.encoder.layer[0].attention.self.query.weight)

@@ -5,7 +5,7 @@ import logging
 from transformers import AutoTokenizer
 
 from dcl_dist.data.batching import Tokenize
-from dcl_dist.phases.common import truncation_note
+from dcl_dist.phases.outputs import truncation_note
 
 
 def test_long_texts_are_truncated_and_counted(tiny_model, caplog):
