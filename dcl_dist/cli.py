@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dcl_dist.config import load_config
 from dcl_dist.errors import DclDistError, Interrupted
+from dcl_dist.rundir import RunDir
 
 log = logging.getLogger("dcl_dist")
 
@@ -69,22 +70,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "test" in ft_metrics:
             print_report(ft_metrics["test"])
         _print_summary(metrics)
-        print(f"run directory: {cfg.run.dir}  (metrics.json, tb/, {'/'.join(cfg.phases())} artifacts)")
+        run_dir = RunDir(cfg.run.dir)
+        shown = f"{run_dir.metrics_file.name}, {run_dir.tensorboard.name}/, {'/'.join(cfg.phases())} artifacts"
+        print(f"run directory: {cfg.run.dir}  ({shown})")
     return 0
 
 
 def print_report(m: dict) -> None:
     per_class = m.get("per_class", {})
-    classes = [k for k in per_class if k not in ("accuracy", "macro avg", "weighted avg")]
-    if not classes:
+    class_names = [k for k in per_class if k not in ("accuracy", "macro avg", "weighted avg")]
+    if not class_names:
         return
-    width = max(len(c) for c in classes)
+    width = max(len(c) for c in class_names)
     print(f"{'class':<{width}}  precision  recall  f1      support")
-    for c in classes:
+    for c in class_names:
         r = per_class[c]
         print(f"{c:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1-score']:6.4f}  {int(r['support'])}")
     print("confusion matrix (rows: true, columns: predicted):")
-    for c, row in zip(classes, m.get("confusion_matrix", [])):
+    for c, row in zip(class_names, m.get("confusion_matrix", [])):
         print(f"  {c:<{width}} " + " ".join(f"{v:5d}" for v in row))
 
 
@@ -98,7 +101,7 @@ def _texts_and_labels(path: str, text_field: str, label_field: str | None):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dcl_dist.inference import Predictor
 
-    model = Path(args.model) if args.model else Path(args.run) / "ft" / "artifact"
+    model = Path(args.model) if args.model else RunDir(args.run).phase("ft").artifact
     texts, labels = _texts_and_labels(args.data, args.text_field, args.label_field)  # a bad file fails first
     predictor = Predictor.load(model)
     metrics = predictor.evaluate(texts, [str(x) for x in labels], args.batch_size)

@@ -16,37 +16,38 @@ from dcl_dist.config import VARIANTS
 from dcl_dist.errors import ModelError
 from dcl_dist.models.artifact import ADAPTER_DIR, is_complete, load_artifact, write_adapter_artifact, write_artifact
 from dcl_dist.models.lora import read_adapter
+from dcl_dist.rundir import RunDir
 
 FORMS = ("adapter", "merged", "sentence-transformers")
 
 log = logging.getLogger(__name__)
 
 
-def phase_artifact(run_dir: Path, phase: str | None = None) -> Path:
+def phase_artifact(run_dir: RunDir, phase: str | None = None) -> Path:
     """The artifact of `phase`, or of the run's last finished phase."""
-    run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
+    config = run_dir.config_file
     if not config.is_file():
-        raise ModelError(f"{run_dir}: no config.yaml, so this is not a run directory: give the run.dir of a run")
+        raise ModelError(f"{run_dir.root}: no {config.name}, so this is not a run directory: give the run.dir of a run")
     phases = VARIANTS[yaml.safe_load(config.read_text())["run"]["variant"]]
     if phase is not None:
         if phase not in phases:
-            raise ModelError(f"{run_dir}: --phase {phase} is not a phase of this run ({', '.join(phases)})")
+            raise ModelError(f"{run_dir.root}: --phase {phase} is not a phase of this run ({', '.join(phases)})")
         candidates = [phase]
     else:
         candidates = list(reversed(phases))
     for name in candidates:
-        if is_complete(run_dir / name / "artifact"):
-            return run_dir / name / "artifact"
+        if is_complete(run_dir.phase(name).artifact):
+            return run_dir.phase(name).artifact
     raise ModelError(
-        f"{run_dir}: phase {candidates[0]} has no finished artifact: train it first (dcl-dist train ... --phase)"
+        f"{run_dir.root}: phase {candidates[0]} has no finished artifact: train it first (dcl-dist train ... --phase)"
     )
 
 
 def export(run_dir: Path, form: str, out: Path | None = None, phase: str | None = None) -> Path:
     """Write the run's model (its last phase, or `phase`) in `form`; returns the folder written."""
-    source = phase_artifact(run_dir, phase)
-    out = Path(out) if out is not None else Path(run_dir) / "export" / form
+    run = RunDir(run_dir)
+    source = phase_artifact(run, phase)
+    out = Path(out) if out is not None else run.export(form)
     art = load_artifact(source)
     meta = {**art.meta, "form": form, "exported_from": str(source)}
     max_length = art.meta["max_length"]

@@ -1,14 +1,14 @@
 """The layout of a run directory, in one place: every module asks these objects for a path.
 
-    <run>/config.yaml             the resolved config
-    <run>/metrics.json            each finished phase's metrics and the final ones
-    <run>/tb/<phase>/             TensorBoard events of each phase
-    <run>/stream_counts.json      the counting pass of a streamed train split
-    <run>/export/<form>/          `dcl-dist export` writes here unless told otherwise
-    <run>/<phase>/settings.json   the settings the phase was trained with
-    <run>/<phase>/checkpoints/    resumable checkpoints (checkpoints.py names what is inside)
-    <run>/<phase>/best/           phase ft: the best validation weights so far
-    <run>/<phase>/artifact/       the phase's output: a Hugging Face folder + dcl_dist.json
+<run>/config.yaml             the resolved config
+<run>/metrics.json            each finished phase's metrics and the final ones
+<run>/tb/<phase>/             TensorBoard events of each phase
+<run>/stream_counts.json      the counting pass of a streamed train split
+<run>/export/<form>/          `dcl-dist export` writes here unless told otherwise
+<run>/<phase>/settings.json   the settings the phase was trained with
+<run>/<phase>/checkpoints/    resumable checkpoints (checkpoints.py names what is inside)
+<run>/<phase>/best/           phase ft: the best validation weights so far
+<run>/<phase>/artifact/       the phase's output: a Hugging Face folder + dcl_dist.json
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ class PhaseDir:
 
     run: Path
     name: str
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
 
     @property
     def root(self) -> Path:
@@ -61,6 +67,12 @@ class RunDir:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # a str from the config is welcome
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
 
     def phase(self, name: str) -> PhaseDir:
         return PhaseDir(self.root, name)

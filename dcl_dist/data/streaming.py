@@ -51,6 +51,7 @@ from dcl_dist.data.sources import (
     text_and_labels,
 )
 from dcl_dist.errors import DataError
+from dcl_dist.rundir import RunDir
 from dcl_dist.seeds import STREAM_BUFFER, STREAM_COPIES, STREAM_PAIRS
 
 log = logging.getLogger(__name__)
@@ -222,10 +223,6 @@ def sorted_names(values: dict[Any, int]) -> tuple[list[str], list[int]]:
     return list(merged), list(merged.values())
 
 
-COUNTS_FILE = "stream_counts.json"
-"""In the run directory: the counting pass's result, reused by a re-run over the same files."""
-
-
 def describe_stream(cfg: Config) -> TrainStream:
     """The training stream's labels and sizes: from data.class_counts, or from a counting pass over the stream.
 
@@ -261,7 +258,7 @@ def _counts(cfg: Config, need_train: bool, need_unlabelled: bool) -> dict:
     """{"train": [(names, counts) per level], "unlabelled": records}, as needed: from the run's file or counted."""
     if not (need_train or need_unlabelled):
         return {}
-    path = Path(cfg.run.dir) / COUNTS_FILE
+    path = RunDir(cfg.run.dir).stream_counts_file  # the counting pass's result, for a re-run over the same files
     # rank 0 decides, so that every rank takes part in the same collectives
     key = dist.broadcast_object(_fingerprint(cfg) if dist.is_main() else None)
     cached = dist.broadcast_object(_read_counts(path, key) if dist.is_main() else None)
