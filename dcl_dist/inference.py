@@ -18,7 +18,7 @@ from dcl_dist.models.head import Classifier
 class Predictor:
     model: Classifier
     tokenize: Tokenize
-    labels: list[str]
+    class_names: list[str]
     device: torch.device
 
     @classmethod
@@ -31,7 +31,7 @@ class Predictor:
             )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = Classifier(art.encoder, art.head).to(device).eval()
-        return cls(model, Tokenize(art.tokenizer, art.meta["max_length"]), art.labels, device)
+        return cls(model, Tokenize(art.tokenizer, art.meta["max_length"]), art.class_names, device)
 
     @torch.no_grad()
     def probabilities(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -40,22 +40,24 @@ class Predictor:
         for start in range(0, len(texts), batch_size):
             batch = {k: v.to(self.device) for k, v in self.tokenize(texts[start : start + batch_size]).items()}
             out.append(torch.softmax(self.model(batch["input_ids"], batch["attention_mask"]).float(), -1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
+        return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[tuple[str, dict[str, float]]]:
         """Per text: (label, {class: probability})."""
         proba = self.probabilities(texts, batch_size)
         return [
-            (self.labels[int(row.argmax())], {c: round(float(p), 6) for c, p in zip(self.labels, row)}) for row in proba
+            (self.class_names[int(row.argmax())], {c: round(float(p), 6) for c, p in zip(self.class_names, row)})
+            for row in proba
         ]
 
     def evaluate(self, texts: list[str], labels: list[str], batch_size: int = 64) -> dict:
         """Full classification metrics against string labels; labels the model never saw are an error."""
-        index = {c: i for i, c in enumerate(self.labels)}
+        index = {c: i for i, c in enumerate(self.class_names)}
         unknown = sorted({label for label in labels if label not in index})
         if unknown:
             raise DataError(
-                f"labels the model was not trained on: {', '.join(unknown[:10])} (it knows: {', '.join(self.labels)})"
+                f"labels the model was not trained on: {', '.join(unknown[:10])}"
+                f" (it knows: {', '.join(self.class_names)})"
             )
         predictions = self.probabilities(texts, batch_size).argmax(-1).tolist()
-        return classification_metrics([index[label] for label in labels], predictions, self.labels, full=True)
+        return classification_metrics([index[label] for label in labels], predictions, self.class_names, full=True)

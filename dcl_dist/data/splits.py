@@ -63,7 +63,8 @@ class Splits:
     """With data.streaming: the training split as a stream (validation and test are still read in memory)."""
 
     @property
-    def classes(self) -> list[str]:
+    def class_names(self) -> list[str]:
+        """The classes the classifier predicts (level 0)."""
         return self.label_names[0]
 
 

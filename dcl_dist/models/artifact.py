@@ -7,7 +7,7 @@ artifact/
   config_sentence_transformers.json                 (cosine similarity)
   1_Pooling/config.json, 2_Dense/..., 3_Dense/...   (Dense: linear.weight / linear.bias, tanh)
   head/model.safetensors                            the classifier head (phase ft only)
-  dcl_dist.json                                     phase, pooling, dense layers, labels, head, lineage
+  dcl_dist.json                                     phase, pooling, dense layers, class names, head, lineage
   adapter/                                          LoRA phases: a peft adapter folder (the backbone above is
                                                     that adapter merged into meta["lora"]["base"])
 ```
@@ -61,8 +61,9 @@ class Artifact:
     path: Path | None = field(default=None)
 
     @property
-    def labels(self) -> list[str]:
-        return self.meta.get("labels", [])
+    def class_names(self) -> list[str]:
+        """The classes the head predicts, in its output order (older artifacts stored them under "labels")."""
+        return self.meta.get("class_names", self.meta.get("labels", []))
 
 
 def _state_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:

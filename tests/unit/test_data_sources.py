@@ -81,7 +81,7 @@ def test_label_map_from_train_and_unknown_labels_named(tmp_path):
 def test_validation_is_a_stratified_share_of_train(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", rows(10, ("a", "b")) + rows(5, ("c",)))
     splits = load_splits(config_for(tmp_path, train=tmp_path / "train.jsonl"))
-    assert splits.classes == ["a", "b", "c"]
+    assert splits.class_names == ["a", "b", "c"]
     assert splits.validation_from_train
     assert sorted(splits.validation.labels) == [0, 0, 1, 1, 2]
     assert len(splits.train) == 20
@@ -121,4 +121,4 @@ def test_integer_labels_sort_numerically(tmp_path):
     data = [{"text": f"t{i}", "label": i % 11} for i in range(44)]
     write_jsonl(tmp_path / "train.jsonl", data)
     splits = load_splits(config_for(tmp_path, train=tmp_path / "train.jsonl"))
-    assert splits.classes == [str(i) for i in range(11)]
+    assert splits.class_names == [str(i) for i in range(11)]

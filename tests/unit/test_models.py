@@ -63,7 +63,7 @@ def test_artifact_round_trip_and_sentence_transformers(tmp_path, tiny_model):
     head = ClassifierHead(encoder.hidden_size, 16, 3).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
     path = tmp_path / "artifact"
-    write_artifact(path, encoder, tokenizer, {"phase": "ft", "labels": ["a", "b", "c"]}, 32, head)
+    write_artifact(path, encoder, tokenizer, {"phase": "ft", "class_names": ["a", "b", "c"]}, 32, head)
     art = load_artifact(path)
     texts = ["book a table for two", "play some jazz music please"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
@@ -74,7 +74,7 @@ def test_artifact_round_trip_and_sentence_transformers(tmp_path, tiny_model):
     st = SentenceTransformer(str(path), device="cpu")
     theirs = torch.tensor(st.encode(texts))
     assert torch.allclose(ours, theirs, atol=1e-5)
-    assert art.labels == ["a", "b", "c"] and art.meta["max_length"] == 32
+    assert art.class_names == ["a", "b", "c"] and art.meta["max_length"] == 32
 
 
 def test_incomplete_artifact_is_reported(tmp_path, tiny_model):

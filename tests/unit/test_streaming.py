@@ -173,7 +173,7 @@ def test_labels_from_the_config_and_a_label_outside_them(tmp_path, tokenize):
     write_corpus(tmp_path)
     cfg = stream_config(tmp_path, "data.class_counts={weather: 90, music: 24}", "ft.max_steps=40")
     splits = load_splits(cfg)
-    assert splits.classes == ["music", "weather"] and splits.stream.class_counts == [24, 90]
+    assert splits.class_names == ["music", "weather"] and splits.stream.class_counts == [24, 90]
     where = r"train-\*\.jsonl \(record \d+ of rank 0's share, text 'food \d+ [^']*'\)"
     with pytest.raises(DataError, match=where + ": label 'food' is not one of the 2 classes \\(music, weather\\)"):
         run_epochs(feed_for(cfg, "ft", tokenize), 1)
@@ -184,7 +184,7 @@ def test_counting_pass_orders_integer_labels_numerically(tmp_path):
         f.writelines(json.dumps({"text": f"text {i}", "label": i % 11}) + "\n" for i in range(44))
     (tmp_path / "validation.jsonl").write_text(json.dumps({"text": "x", "label": 3}) + "\n")
     splits = load_splits(stream_config(tmp_path))
-    assert splits.classes == [str(i) for i in range(11)] and splits.stream.class_counts == [4] * 11
+    assert splits.class_names == [str(i) for i in range(11)] and splits.stream.class_counts == [4] * 11
     assert splits.train is None and splits.validation.labels == [3]
 
 
