@@ -20,6 +20,7 @@ import torch
 
 from dcl_dist import dist
 from dcl_dist.config import Config, PhaseConfig, accumulation_steps
+from dcl_dist.errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "deepspeed_templates"
 """configs/deepspeed, linked into the package so that an installed package finds it too."""
@@ -53,7 +54,9 @@ def _fill(node: Any, values: dict[str, Any], path: str = "") -> Any:
         return {k: _fill(v, values, f"{path}.{k}" if path else k) for k, v in node.items()}
     if node == "auto":
         if path not in values:
-            raise ValueError(f"DeepSpeed config: no value known for 'auto' at {path}: give a number in the JSON")
+            raise ConfigError(
+                [f"'deepspeed.config_file': no value is known for its 'auto' at {path}: give a number in the JSON"]
+            )
         return values[path]
     return node
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dcl_dist.config import LoraConfig
+from dcl_dist.errors import ConfigError, ModelError
 
 ADAPTER_NAME = "default"
 """peft's name for the one adapter a backbone carries."""
@@ -80,7 +81,9 @@ def resolve_targets(model_type: str, configured: str | list[str]) -> list[str]:
     if configured != "auto":
         return list(configured)
     if model_type not in AUTO_TARGET_MODULES:
-        raise ValueError(f"no automatic LoRA targets for model type '{model_type}'")
+        raise ConfigError(
+            [f"'lora.target_modules' is auto, and there is no automatic choice for model type '{model_type}'"]
+        )
     return AUTO_TARGET_MODULES[model_type]
 
 
@@ -178,8 +181,10 @@ def load_adapter(backbone: nn.Module, adapter: Adapter, trainable: bool) -> None
     result = peft.set_peft_model_state_dict(backbone, adapter.weights, adapter_name=ADAPTER_NAME)
     missing = [k for k in result.missing_keys if ".lora_" in k]
     if result.unexpected_keys or missing:
-        raise ValueError(
-            f"adapter does not fit the backbone: unexpected {result.unexpected_keys[:3]}, missing {missing[:3]}"
+        raise ModelError(
+            f"the adapter on {adapter.base} does not fit the backbone it is loaded onto: unexpected"
+            f" {result.unexpected_keys[:3]}, missing {missing[:3]}: start the phase from the artifact the adapter"
+            " came with"
         )
     if not trainable:
         backbone.requires_grad_(False)
@@ -209,7 +214,10 @@ def compose(first: Adapter, second: Adapter) -> Adapter:
     keys = sorted(k[: -len(".lora_A.weight")] for k in first.weights if k.endswith(".lora_A.weight"))
     second_keys = sorted(k[: -len(".lora_A.weight")] for k in second.weights if k.endswith(".lora_A.weight"))
     if keys != second_keys or len(first.weights) != 2 * len(keys) or len(second.weights) != 2 * len(keys):
-        raise ValueError("the adapters of two phases target different layers: they cannot be composed")
+        raise ModelError(
+            "the adapters of two phases target different layers, so they cannot be composed into one: give both"
+            " phases the same lora.target_modules"
+        )
     weights = {}
     for key in keys:
         weights[f"{key}.lora_A.weight"] = torch.cat(

@@ -237,3 +237,21 @@ def test_the_finished_run_itself_predicts(finished_run, tmp_path, capsys):
     texts = write(tmp_path / "in.txt", "first\nsecond\n")
     assert cli.main(["predict", "--model", str(finished_run / "ft" / "artifact"), "--input", str(texts)]) == 0
     assert [json.loads(line)["label"] in ("a", "b") for line in capsys.readouterr().out.splitlines()] == [True, True]
+
+
+def test_phase_dae_on_a_model_without_a_decoder_is_one_clear_message(tmp_path, capsys, monkeypatch):
+    """DistilBERT has no causal-LM class with cross-attention in transformers: phase dae cannot build its decoder."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    from conftest import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    model = tmp_path / "tiny_distilbert"
+    DistilBertModel(config).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    capsys.readouterr()  # save_pretrained's progress bar
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    code = cli.main([*train_args(tmp_path, model), "--phase", "dae"])
+    expected = ["model type 'distilbert'", "has no causal-LM decoder with cross-attention", "(cl_ft, ft)"]
+    assert_one_clear_message("dae without a decoder", code, capsys.readouterr().err, expected)
