@@ -3,7 +3,7 @@
     python benchmarks/lora.py [--phases ft cl dae] [--micro-batch 8] [--seq-len 64] [--warmup 1] [--steps 3]
 
 Each (phase, LoRA off/on) runs in a fresh process, so that its peak RSS is its own; the models are built by the
-phases' own code (phases.common.load_start, phases.dae.build_model) and trained through a one-rank DeepSpeed
+phases' own code (phases.start.load_start, phases.dae.build_model) and trained through a one-rank DeepSpeed
 engine, as `dcl-dist train` does. On a GPU the table adds peak GPU memory (torch.cuda.max_memory_allocated).
 """
 

@@ -149,7 +149,9 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         encoder, _ = load_start(context, phase)
         net, loss_fn = Classifier(encoder, ClassifierHead(encoder.hidden_size, 256, 8)), ClassificationLoss()
     vocab = encoder.backbone.config.vocab_size
-    eng = engine.initialize(net, cfg, phase, total_steps=args.warmup + args.steps + 1, hidden_size=encoder.hidden_size)
+    model_engine = engine.initialize(
+        net, cfg, phase, total_steps=args.warmup + args.steps + 1, hidden_size=encoder.hidden_size
+    )
     seq, batch = args.seq_len, args.batch_size
     enc_seq = max(2, round(seq * (1 - cfg.dae.deletion_ratio))) if phase == "dae" else seq
     gen = torch.Generator().manual_seed(0)
@@ -177,24 +179,24 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         start = time.perf_counter()
         loss_seconds = 0.0
         if phase == "dae":
-            loss = eng(**{k: v for k, v in b.items() if k != "labels"})
+            loss = model_engine(**{k: v for k, v in b.items() if k != "labels"})
         elif phase == "cl":
-            z = eng(b["input_ids"], b["attention_mask"])
+            z = model_engine(b["input_ids"], b["attention_mask"])
             sync()
             t = time.perf_counter()
             loss = loss_fn(z, b["labels"][:, None])
             sync()
             loss_seconds = time.perf_counter() - t
         else:
-            loss = loss_fn(eng(b["input_ids"], b["attention_mask"]), b["labels"])
+            loss = loss_fn(model_engine(b["input_ids"], b["attention_mask"]), b["labels"])
         sync()
         parts["forward"] += time.perf_counter() - start
         t = time.perf_counter()
-        eng.backward(loss)
+        model_engine.backward(loss)
         sync()
         parts["backward"] += time.perf_counter() - t
         t = time.perf_counter()
-        eng.step()
+        model_engine.step()
         sync()
         parts["optimizer"] += time.perf_counter() - t
         return time.perf_counter() - start, loss_seconds

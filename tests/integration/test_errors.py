@@ -171,6 +171,7 @@ def finished_run(tmp_path_factory, tiny_model) -> Path:
     (run / "config.yaml").write_text(dump_yaml(cfg))
     encoder = SentenceEncoder(load_backbone(str(tiny_model)), "mean", 1)
     head = ClassifierHead(encoder.hidden_size, 16, 2)
+    # as an older dcl_dist wrote it: the class names under "labels" (they still load)
     meta = {"phase": "ft", "variant": "ft", "labels": ["a", "b"], "lineage": [], "lora": None}
     write_artifact(run / "ft" / "artifact", encoder, AutoTokenizer.from_pretrained(str(tiny_model)), meta, 32, head)
     return run
