@@ -1,7 +1,8 @@
 """Every seeded random stream of a run, by name: each draws from a key of run.seed (and the epoch, or a sample).
 
 A stream's key must never change: a resumed run, or the same run on another number of ranks, redraws the
-same numbers from it, and the exact-resume tests compare them bit for bit. Two streams never share a key.
+same numbers from it, and the exact-resume tests compare them bit for bit. Where two uses draw from one
+stream, its docstring names both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 EPOCH_STRIDE = 1_000_003
 LENGTH_SHUFFLE_STRIDE = 1_000_033
-"""Primes: seed * stride + epoch keeps every (seed, epoch) of a stream apart from the other stream's keys."""
+"""Keys of the per-epoch random.Random streams below: seed * stride + epoch, one prime stride per stream."""
 
 # Namespaces of data.noise.keyed_rng / keyed_int / keyed_uniform, whose keys are (seed, namespace, ...).
 NOISE_DAE = 1
