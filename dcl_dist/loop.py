@@ -145,16 +145,15 @@ class _Training:
             set_rng_state(rank_state["rng"])
             self.data_state = rank_state.get("data")
         if dist.is_main():
+            where = f"step {state.step} of {self.steps}, epoch {state.epoch}"
+            in_epoch = f"step {state.step_in_epoch} of {self.run.feed.steps_per_epoch} in it"
             log.info(
-                resume.note(
-                    self.run.name,
-                    resume_from,
-                    state.step,
-                    state.epoch,
-                    state.step_in_epoch,
-                    self.steps,
-                    self.run.feed.steps_per_epoch,
-                )
+                "%s: resuming from %s: %s (%s), %s",
+                self.run.name,
+                resume_from.checkpoint,
+                where,
+                in_epoch,
+                resume_from.describe(),
             )
         return state
 

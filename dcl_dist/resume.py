@@ -41,13 +41,23 @@ class Resume:
         return self.saved.get("global_batch_size")
 
     @property
-    def written_on(self) -> int:
-        return self.saved.get("world_size", self.world_size)
+    def written_on(self) -> int | None:
+        """The world size that wrote it."""
+        return self.saved.get("world_size")
 
     @property
     def exact(self) -> bool:
         """Same world size: each rank's RNG streams and data position are restored, so the run goes on bit for bit."""
-        return self.saved.get("world_size") == self.world_size
+        return self.written_on == self.world_size
+
+    def describe(self) -> str:
+        """How the world size and batch compare with the run that wrote the checkpoint, for the log."""
+        if self.exact:
+            return f"on {self.world_size} ranks as before: RNG and data position restored exactly"
+        return (
+            f"written on {self.written_on} ranks, now {self.world_size}: the same global batch of"
+            f" {self.global_batch_size}, each step the same examples, with new dropout streams"
+        )
 
 
 def find(phase_dir: PhaseDir, world_size: int) -> Resume | None:
@@ -61,10 +71,10 @@ def find(phase_dir: PhaseDir, world_size: int) -> Resume | None:
 def keep_global_batch(cfg: Config, phase: str, resume: Resume | None) -> Config:
     """The config a phase resumes with: on another world size it keeps the global batch its checkpoint was written
     with (more or less accumulation), so that every step sees the examples it would have seen."""
-    saved = resume.global_batch_size if resume is not None else None
-    p, world = getattr(cfg, phase), resume.world_size if resume is not None else 0
-    if saved is None or p.global_batch_size is not None:
+    p = getattr(cfg, phase)
+    if resume is None or resume.global_batch_size is None or p.global_batch_size is not None:
         return cfg  # an explicit global batch is one of the phase's settings: the pipeline's check_settings compares it
+    saved, world = resume.global_batch_size, resume.world_size
     per_step = p.micro_batch_size_per_rank * world
     if saved == per_step * accumulation_steps(cfg, phase, world):
         return cfg
@@ -83,19 +93,3 @@ def keep_global_batch(cfg: Config, phase: str, resume: Resume | None) -> Config:
     if dist.is_main():
         log.info("%s: keeps its checkpoint's global batch of %d on %d ranks", phase, saved, world)
     return pinned
-
-
-def note(
-    phase: str, resume: Resume, step: int, epoch: int, step_in_epoch: int, steps: int, steps_per_epoch: int
-) -> str:
-    """What a resumed run logs: where it starts again, and how the world size and batch compare with the saved run."""
-    text = (
-        f"{phase}: resuming from {resume.checkpoint}: step {step} of {steps}, epoch {epoch}"
-        f" (step {step_in_epoch} of {steps_per_epoch} in it)"
-    )
-    if resume.written_on == resume.world_size:
-        return text + f", on {resume.world_size} ranks as before: RNG and data position restored exactly"
-    return text + (
-        f"; written on {resume.written_on} ranks, now {resume.world_size}: the same global batch of"
-        f" {resume.global_batch_size}, each step the same examples, with new dropout streams"
-    )
