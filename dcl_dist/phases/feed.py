@@ -7,7 +7,6 @@ they are split over ranks (data/batching.py), so the loop can resume any step on
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from dcl_dist.data.splits import load_unlabelled
 from dcl_dist.data.streaming import StreamFeed
 from dcl_dist.loop import Feed
 from dcl_dist.phases.context import PhaseContext
-
-log = logging.getLogger(__name__)
 
 UNLABELLED_ID_OFFSET = 1 << 40
 """Sample ids of data.unlabelled texts start here, apart from train's (noise keys must not collide)."""
