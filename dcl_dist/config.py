@@ -750,25 +750,3 @@ def to_dict(cfg: Any) -> dict:
 def dump_yaml(cfg: Config) -> str:
     """The resolved config as YAML that load_config reads back to an equal Config."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
-
-
-def check_world(cfg: Config, phase: str, world_size: int) -> list[str]:
-    """Problems with a phase's batch sizes at this world size (known only once the launcher has started)."""
-    p: PhaseConfig = getattr(cfg, phase)
-    per_step = p.micro_batch_size_per_rank * world_size
-    if p.global_batch_size is not None and p.global_batch_size % per_step:
-        lower = max(per_step, p.global_batch_size // per_step * per_step)
-        return [
-            f"'{phase}.global_batch_size' ({p.global_batch_size}) is not divisible by micro_batch_size_per_rank"
-            f" ({p.micro_batch_size_per_rank}) x world size ({world_size}) = {per_step}:"
-            f" use {lower} or {lower + per_step}, or change micro_batch_size_per_rank"
-        ]
-    return []
-
-
-def accumulation_steps(cfg: Config, phase: str, world_size: int) -> int:
-    """Gradient accumulation steps of a phase: global batch / (micro batch x world size)."""
-    p: PhaseConfig = getattr(cfg, phase)
-    if p.global_batch_size is None:
-        return 1
-    return max(1, p.global_batch_size // (p.micro_batch_size_per_rank * world_size))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from dcl_dist import dist, interrupt
 from dcl_dist import engine as ds
-from dcl_dist.config import Config, accumulation_steps, check_world, dump_yaml, to_dict
+from dcl_dist.config import Config, dump_yaml, to_dict
+from dcl_dist.data.batch_plan import accumulation_steps, check_world
 from dcl_dist.data.splits import Splits, load_splits
 from dcl_dist.errors import ConfigError, DataError
 from dcl_dist.models.artifact import is_complete, read_meta

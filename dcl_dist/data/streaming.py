@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from dcl_dist import dist
 from dcl_dist.config import Config, looks_like_path
 from dcl_dist.data.balance import make_pairs, stream_copies
+from dcl_dist.data.batch_plan import BatchPlan
 from dcl_dist.data.batching import (
-    BatchPlan,
     Example,
     Items,
     Noise,

@@ -15,8 +15,9 @@ import torch
 
 from dcl_dist import dist
 from dcl_dist import engine as ds
-from dcl_dist.config import Config, accumulation_steps
-from dcl_dist.data.batching import BatchPlan, Tokenize, epoch_order, length_grouped, make_loader
+from dcl_dist.config import Config
+from dcl_dist.data.batch_plan import BatchPlan, accumulation_steps
+from dcl_dist.data.batching import Tokenize, epoch_order, length_grouped, make_loader
 from dcl_dist.data.contrastive import ContrastiveBatches, correction, correction_ratios
 from dcl_dist.data.splits import Splits, TextSet
 from dcl_dist.data.streaming import StreamFeed

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl_dist.config import Config, accumulation_steps, check_world, dump_yaml, field_docs, load_config, schema_keys
+from dcl_dist.config import Config, dump_yaml, field_docs, load_config, schema_keys
+from dcl_dist.data.batch_plan import accumulation_steps, check_world
 from dcl_dist.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

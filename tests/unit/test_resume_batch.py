@@ -3,7 +3,8 @@ import json
 import pytest
 
 from dcl_dist import dist
-from dcl_dist.config import accumulation_steps, load_config
+from dcl_dist.config import load_config
+from dcl_dist.data.batch_plan import accumulation_steps
 from dcl_dist.errors import ConfigError
 from dcl_dist.pipeline import keep_saved_global_batch
 

@@ -14,7 +14,8 @@ import streams
 from dcl_dist.config import load_config
 from dcl_dist.data import streaming
 from dcl_dist.data.balance import class_ratios, corrected_sizes
-from dcl_dist.data.batching import BatchPlan, Tokenize
+from dcl_dist.data.batch_plan import BatchPlan
+from dcl_dist.data.batching import Tokenize
 from dcl_dist.data.contrastive import correction_ratios
 from dcl_dist.data.splits import load_splits
 from dcl_dist.data.streaming import RankStream, StreamFeed
