@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
+from dcl_dist.data.sources import looks_like_path
 from dcl_dist.errors import ConfigError
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -684,17 +685,6 @@ def _check_streaming(cfg: Config, bad: Callable[[str, str], None]) -> None:
         )
     if d.max_train_examples is not None:
         bad("data.max_train_examples", "needs data in memory: with data.streaming, cap phases with <phase>.max_steps")
-
-
-FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".txt")
-"""Endings that make a data source a local file rather than a hub dataset name."""
-
-
-def looks_like_path(source: str) -> bool:
-    """True for local files and globs (by ending or a leading ./ / ~), False for hub dataset names."""
-    return (
-        source.startswith((".", "/", "~")) or any(c in source for c in "*?[") or source.lower().endswith(FILE_SUFFIXES)
-    )
 
 
 PACKAGE_PREFIX = "pkg:"

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dcl_dist import dist
-from dcl_dist.config import Config, looks_like_path
+from dcl_dist.config import Config
 from dcl_dist.data.balance import make_pairs, stream_copies
 from dcl_dist.data.batch_plan import BatchPlan
 from dcl_dist.data.batching import (
@@ -46,6 +46,7 @@ from dcl_dist.data.sources import (
     expand_paths,
     file_format,
     label_order,
+    looks_like_path,
     name_class_labels,
     parse_hub_name,
     text_and_labels,
