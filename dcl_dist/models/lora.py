@@ -20,7 +20,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dcl_dist.config import LoraConfig
+from dcl_dist.config.schema import LoraConfig
 
 ADAPTER_NAME = "default"
 """peft's name for the one adapter a backbone carries."""
