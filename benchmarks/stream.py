@@ -105,7 +105,8 @@ def pipeline_rates(config: Path, records: int) -> tuple[float, float]:
     from transformers import AutoTokenizer
 
     from dcl_dist.config import load_config
-    from dcl_dist.data.batching import BatchPlan, Tokenize
+    from dcl_dist.data.batch_plan import BatchPlan
+    from dcl_dist.data.batching import Tokenize
     from dcl_dist.data.streaming import StreamFeed, describe_stream
 
     cfg = load_config(config)

@@ -136,7 +136,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dcl_dist.config import accumulation_steps, check_world, dump_yaml
+    from dcl_dist.config import dump_yaml
+    from dcl_dist.data.batch_plan import accumulation_steps, check_world
 
     cfg = load_config(args.config, args.overrides)
     print(dump_yaml(cfg))

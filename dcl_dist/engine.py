@@ -19,7 +19,8 @@ import deepspeed
 import torch
 
 from dcl_dist import dist
-from dcl_dist.config import Config, PhaseConfig, accumulation_steps
+from dcl_dist.config import Config, PhaseConfig
+from dcl_dist.data.batch_plan import accumulation_steps
 from dcl_dist.errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "deepspeed_templates"

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 
 from dcl_dist import dist, interrupt, resume
-from dcl_dist.config import Config, check_world, dump_yaml, to_dict
+from dcl_dist.config import Config, dump_yaml, to_dict
+from dcl_dist.data.batch_plan import check_world
 from dcl_dist.data.splits import Splits, load_splits
 from dcl_dist.errors import ConfigError, DataError
 from dcl_dist.models.artifact import is_complete, read_meta

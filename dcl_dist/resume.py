@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dcl_dist import checkpoints, dist
-from dcl_dist.config import Config, accumulation_steps
+from dcl_dist.config import Config
+from dcl_dist.data.batch_plan import accumulation_steps
 from dcl_dist.errors import ConfigError
 from dcl_dist.rundir import PhaseDir
 

@@ -21,7 +21,8 @@ parse_options "config nodes gpus-per-node time" "$@"
 # the resolved config's run.dir and phases; a bad config stops here, not in the queue
 plan=$("${DCL_PYTHON:-python}" -c '
 import sys
-from dcl_dist.config import ConfigError, load_config
+from dcl_dist.config import load_config
+from dcl_dist.errors import ConfigError
 try:
     cfg = load_config(sys.argv[1], sys.argv[2:])
 except ConfigError as e:

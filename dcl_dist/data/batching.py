@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -66,37 +66,6 @@ def length_grouped(order: list[int], lengths: list[int], global_batch: int, seed
     tail = [batches.pop()] if batches and len(batches[-1]) < global_batch else []
     length_shuffle_rng(seed, epoch).shuffle(batches)
     return [i for batch in batches + tail for i in batch]
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How an epoch's items become optimiser steps: global batch = micro x world x accumulation."""
-
-    micro: int
-    world: int
-    accumulation: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.micro * self.world * self.accumulation
-
-    def steps(self, n_items: int) -> int:
-        """Optimiser steps per epoch; the last global batch is filled up from the epoch's start."""
-        return math.ceil(n_items / self.global_batch)
-
-    def micro_batches(
-        self, order: list[int], rank: int, start_step: int = 0, steps: int | None = None
-    ) -> Iterator[list[int]]:
-        """This rank's micro-batches of the epoch from `start_step` on, accumulation steps in order.
-
-        `steps` fixes the epoch's length (default: enough to cover the order once).
-        """
-        n, size = len(order), self.global_batch
-        for step in range(start_step, self.steps(n) if steps is None else steps):
-            chunk = [order[i % n] for i in range(step * size, (step + 1) * size)]
-            for a in range(self.accumulation):
-                start = (a * self.world + rank) * self.micro
-                yield chunk[start : start + self.micro]
 
 
 def even_shard(n: int, rank: int, world: int) -> tuple[list[int], int]:

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcl_dist.config import looks_like_path
 from dcl_dist.errors import DataError
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".gz", ".txt")
+"""Endings that make a data source a local file rather than a hub dataset name."""
+
+
+def looks_like_path(source: str) -> bool:
+    """True for local files and globs (by ending or a leading ./ / ~), False for hub dataset names."""
+    return (
+        source.startswith((".", "/", "~")) or any(c in source for c in "*?[") or source.lower().endswith(FILE_SUFFIXES)
+    )
 
 
 @dataclass

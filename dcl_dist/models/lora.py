@@ -20,7 +20,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dcl_dist.config import LoraConfig
+from dcl_dist.config.schema import LoraConfig
 from dcl_dist.errors import ConfigError, ModelError
 
 ADAPTER_NAME = "default"

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 
 from dcl_dist import dist
-from dcl_dist.config import Config, accumulation_steps
+from dcl_dist.config import Config
+from dcl_dist.data.batch_plan import BatchPlan, accumulation_steps
 from dcl_dist.data.batching import (
-    BatchPlan,
     DaeCollate,
     FtCollate,
     Noise,

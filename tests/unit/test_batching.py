@@ -1,6 +1,7 @@
 from collections import Counter
 
-from dcl_dist.data.batching import BatchPlan, class_aware_order, epoch_order, even_shard, length_grouped
+from dcl_dist.data.batch_plan import BatchPlan
+from dcl_dist.data.batching import class_aware_order, epoch_order, even_shard, length_grouped
 
 
 def global_steps(plan: BatchPlan, order, start=0):

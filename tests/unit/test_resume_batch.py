@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from dcl_dist.config import accumulation_steps, load_config
+from dcl_dist.config import load_config
+from dcl_dist.data.batch_plan import accumulation_steps
 from dcl_dist.errors import ConfigError
 from dcl_dist.resume import find, keep_global_batch
 from dcl_dist.rundir import RunDir

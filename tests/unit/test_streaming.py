@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import streams
+from dcl_dist import dist
 from dcl_dist.config import load_config
-from dcl_dist.data import streaming
 from dcl_dist.data.balance import class_ratios, corrected_sizes
-from dcl_dist.data.batching import BatchPlan, Tokenize
+from dcl_dist.data.batch_plan import BatchPlan
+from dcl_dist.data.batching import Tokenize
 from dcl_dist.data.contrastive import correction_ratios
 from dcl_dist.data.splits import load_splits
-from dcl_dist.data.streaming import RankStream, StreamFeed
+from dcl_dist.data.streaming import RankStream, StreamFeed, counting
 from dcl_dist.errors import ConfigError, DataError
 
 SIZES = {"weather": 90, "music": 24, "food": 5}
@@ -213,8 +214,8 @@ def test_empty_share_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "train-0.jsonl").write_text(json.dumps({"text": "only one", "label": "a"}) + "\n")
     (tmp_path / "validation.jsonl").write_text(json.dumps({"text": "x", "label": "a"}) + "\n")
     cfg = stream_config(tmp_path, "data.class_counts={a: 1}")
-    monkeypatch.setattr(streaming.dist, "rank", lambda: 1)
-    monkeypatch.setattr(streaming.dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
     stream = RankStream(cfg, [str(tmp_path / "train-*.jsonl")], ["label"], [["a"]], 1)
     with pytest.raises(DataError, match="rank 1's share of .* holds no records"):
         stream.next_micro_batch()
@@ -228,8 +229,8 @@ def test_counts_are_kept_for_a_rerun_over_the_same_files(tmp_path, monkeypatch):
     assert first.label_names == [["food", "music", "weather"]] and first.class_counts == [5, 24, 90]
     assert first.unlabelled_records == 40
     counted = []
-    read_share = streaming.read_share
-    monkeypatch.setattr(streaming, "read_share", lambda *a: counted.append(a[1]) or read_share(*a))
+    read_share = counting.read_share
+    monkeypatch.setattr(counting, "read_share", lambda *a: counted.append(a[1]) or read_share(*a))
     assert load_splits(cfg).stream == first and counted == []  # read back from <run.dir>/stream_counts.json
     with open(tmp_path / "train-1.jsonl", "a") as f:
         f.write(json.dumps({"text": "one more", "label": "food"}) + "\n")
