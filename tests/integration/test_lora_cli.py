@@ -8,7 +8,8 @@ import json
 import pytest
 
 from dcl_dist.cli import main
-from integration.cli import dcl_dist, tiny_overrides
+from helpers import short_run
+from integration.cli import dcl_dist
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ def _train(tiny_model, small_data, run_dir, *extra: str) -> None:
         "train",
         "--config",
         "configs/quickstart.yaml",
-        *tiny_overrides(tiny_model, small_data, run_dir),
+        *short_run(tiny_model, small_data, run_dir),
         "lora.enabled=true",
         f"lora.r={R}",
         *extra,

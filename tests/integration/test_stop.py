@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dcl_dist.errors import Interrupted
-from integration.cli import REPO, dcl_dist, env, tiny_overrides
-from tb import read_scalars
+from helpers import REPO, read_scalars, short_run
+from integration.cli import dcl_dist, env
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def arguments(model: Path, data: Path, run_dir: Path) -> list[str]:
         "configs/quickstart.yaml",
         "--phase",
         "dae",
-        *tiny_overrides(model, data, run_dir),
+        *short_run(model, data, run_dir),
         "dae.epochs=3",
         f"dae.max_steps={STEPS}",
         "dae.micro_batch_size_per_rank=8",

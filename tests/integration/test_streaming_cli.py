@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from helpers import stream_overrides, write_corpus
 from integration.cli import dcl_dist
-from streams import stream_overrides, write_corpus
 
 pytestmark = pytest.mark.integration
 

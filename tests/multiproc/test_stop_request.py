@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from helpers import tiny_run
 from multiproc.spawn import run_ranks
-from multiproc.tiny import tiny_run
 
 pytestmark = pytest.mark.multiproc
 

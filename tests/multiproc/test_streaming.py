@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
+from helpers import read_scalars, stream_overrides, write_corpus
 from multiproc.spawn import run_ranks
-from streams import stream_overrides, write_corpus
-from tb import read_scalars
 
 pytestmark = pytest.mark.multiproc
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import read_scalars, tiny_run
 from multiproc.spawn import run_ranks
-from multiproc.tiny import tiny_run
-from tb import read_scalars
 
 pytestmark = pytest.mark.multiproc
 
