@@ -168,6 +168,7 @@ def test_the_phase_job_prints_its_srun_command():
     ]
 
 
+@pytest.mark.slow
 def test_two_nodes_each_started_with_node_rank(tiny_model, small_data, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")  # two names for this machine: two "nodes"

@@ -21,6 +21,7 @@ def launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_three_phase_on_two_ranks_with_the_deepspeed_launcher(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     deepspeed = str(Path(sys.executable).parent / "deepspeed")

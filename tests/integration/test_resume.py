@@ -16,7 +16,7 @@ import pytest
 from helpers import REPO, free_port, read_scalars, short_run
 from integration.cli import env
 
-pytestmark = [pytest.mark.integration, pytest.mark.multiproc]
+pytestmark = [pytest.mark.integration, pytest.mark.multiproc, pytest.mark.slow]
 
 STEPS = 10
 EVERY = 3

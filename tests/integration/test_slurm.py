@@ -22,7 +22,7 @@ import pytest
 from helpers import REPO, free_port, read_scalars, short_run
 from integration.cli import env
 
-pytestmark = [pytest.mark.integration, pytest.mark.multiproc]
+pytestmark = [pytest.mark.integration, pytest.mark.multiproc, pytest.mark.slow]
 
 STUBS = Path(__file__).parent / "slurm_stubs"
 DAE_STEPS = 8

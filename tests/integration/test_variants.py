@@ -15,6 +15,7 @@ from integration.cli import dcl_dist
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
@@ -56,6 +57,7 @@ def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_
     assert rows[0]["label"] == max(rows[0]["probabilities"], key=rows[0]["probabilities"].get)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_phases_and_refuses_changed_settings(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     overrides = short_run(tiny_model, small_data, run_dir)
@@ -70,6 +72,7 @@ def test_rerun_skips_finished_phases_and_refuses_changed_settings(tiny_model, sm
     assert "cl.lr" in changed.stderr and "run.dir" in changed.stderr and "Traceback" not in changed.stderr
 
 
+@pytest.mark.slow
 def test_one_phase_at_a_time(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     overrides = short_run(tiny_model, small_data, run_dir)

@@ -12,7 +12,7 @@ import torch
 from helpers import REPO
 from multiproc.spawn import run_ranks
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 R, ALPHA, HEAD_HIDDEN = 4, 8, 16
 FT_STEPS = 3

@@ -13,7 +13,7 @@ import pytest
 from helpers import read_scalars, tiny_run
 from multiproc.spawn import run_ranks
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 STEPS = 8
 SAVED_AT = 4

@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_run
 from multiproc.spawn import run_ranks
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 SIGNALLED_AT_STEP = 3
 
