@@ -48,7 +48,7 @@ def read_train(path: Path, limit: int, seed: int) -> list[dict]:
 def run_dcl_dist(phase: str, model: str, data: Path, args, work: Path) -> float:
     from dcl_dist.config import load_config
     from dcl_dist.pipeline import run_variant
-    from tb import read_scalars
+    from helpers import read_scalars
 
     variant = {"dae": "dae_ft", "cl": "cl_ft", "ft": "ft"}[phase]
     steps = args.warmup + args.steps

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO
 
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -36,26 +35,3 @@ def dcl_dist(*args: str, check: bool = True, timeout: int = 600) -> subprocess.C
             f"dcl-dist {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-6000:]}"
         )
     return proc
-
-
-def tiny_overrides(model: Path, data: Path, run_dir: Path) -> list[str]:
-    """A config on the command line: tiny model, a few steps per phase, no progress bar."""
-    return [
-        f"run.dir={run_dir}",
-        f"model.name_or_path={model}",
-        "model.max_length=24",
-        f"data.train={data / 'train.jsonl'}",
-        f"data.test={data / 'test.jsonl'}",
-        "dae.max_steps=3",
-        "cl.max_steps=3",
-        "joint.max_steps=3",
-        "ft.epochs=2",
-        "ft.max_steps=6",
-        "dae.micro_batch_size_per_rank=8",
-        "cl.micro_batch_size_per_rank=8",
-        "joint.micro_batch_size_per_rank=8",
-        "ft.micro_batch_size_per_rank=8",
-        "ft.lr=1e-3",
-        "logging.progress_bar=false",
-        "checkpoint.every_steps=2",
-    ]

@@ -242,9 +242,8 @@ def test_the_finished_run_itself_predicts(finished_run, tmp_path, capsys):
 
 def test_phase_dae_on_a_model_without_a_decoder_is_one_clear_message(tmp_path, capsys, monkeypatch):
     """DistilBERT has no causal-LM class with cross-attention in transformers: phase dae cannot build its decoder."""
-    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
-
     from conftest import minilm_path
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from integration.cli import REPO, env, tiny_overrides
+from helpers import REPO, free_port, short_run
+from integration.cli import env
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +168,7 @@ def test_the_phase_job_prints_its_srun_command():
     ]
 
 
+@pytest.mark.slow
 def test_two_nodes_each_started_with_node_rank(tiny_model, small_data, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")  # two names for this machine: two "nodes"
@@ -177,7 +178,7 @@ def test_two_nodes_each_started_with_node_rank(tiny_model, small_data, tmp_path)
         "configs/quickstart.yaml",
         "--hostfile",
         str(hostfile),
-        *tiny_overrides(tiny_model, small_data, run_dir),
+        *short_run(tiny_model, small_data, run_dir),
     ]
     cluster = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     base = {k: v for k, v in env().items() if k not in NO_CLUSTER}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from integration.cli import REPO, dcl_dist, env, tiny_overrides
+from helpers import REPO, free_port, short_run
+from integration.cli import dcl_dist, env
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiproc]
 
@@ -21,6 +21,7 @@ def launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_three_phase_on_two_ranks_with_the_deepspeed_launcher(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
@@ -30,7 +31,7 @@ def test_three_phase_on_two_ranks_with_the_deepspeed_launcher(tiny_model, small_
             "train",
             "--config",
             "configs/quickstart.yaml",
-            *tiny_overrides(tiny_model, small_data, run_dir),
+            *short_run(tiny_model, small_data, run_dir),
             "deepspeed.zero_stage=3",
         ],
     )
@@ -65,7 +66,7 @@ def test_ft_on_two_ranks_with_torchrun(tiny_model, small_data, tmp_path):
             "train",
             "--config",
             "configs/quickstart.yaml",
-            *tiny_overrides(tiny_model, small_data, run_dir),
+            *short_run(tiny_model, small_data, run_dir),
             "run.variant=ft",
             "deepspeed.zero_stage=2",
         ],

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from dcl_dist.cli import main
-from integration.cli import dcl_dist, tiny_overrides
+from helpers import short_run
+from integration.cli import dcl_dist
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,7 @@ def _train(tiny_model, small_data, run_dir, *extra: str) -> None:
         "train",
         "--config",
         "configs/quickstart.yaml",
-        *tiny_overrides(tiny_model, small_data, run_dir),
+        *short_run(tiny_model, small_data, run_dir),
         "lora.enabled=true",
         f"lora.r={R}",
         *extra,
@@ -39,6 +40,7 @@ def _same_predictions(a: list[dict], b: list[dict]) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_merged_chain_exports_three_forms_that_predict_alike(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     _train(tiny_model, small_data, run_dir)
@@ -71,6 +73,7 @@ def test_carried_adapter_keeps_its_rank(tiny_model, small_data, tmp_path):
     assert _same_predictions(_predict(tmp_path / "shipped", small_data, tmp_path / "shipped.jsonl"), reference)
 
 
+@pytest.mark.slow
 def test_adapter_export_of_a_phase_without_lora_is_one_clear_error(tiny_model, small_data, tmp_path, capsys):
     run_dir = tmp_path / "run"
     _train(tiny_model, small_data, run_dir, "run.variant=dae_ft", "lora.phases=[dae]")

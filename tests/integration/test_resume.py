@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from integration.cli import REPO, env, tiny_overrides
-from tb import read_scalars
+from helpers import REPO, free_port, read_scalars, short_run
+from integration.cli import env
 
-pytestmark = [pytest.mark.integration, pytest.mark.multiproc]
+pytestmark = [pytest.mark.integration, pytest.mark.multiproc, pytest.mark.slow]
 
 STEPS = 10
 EVERY = 3
@@ -39,7 +38,7 @@ def command(module: str, model: Path, data: Path, run_dir: Path) -> list[str]:
         "configs/quickstart.yaml",
         "--phase",
         "dae",
-        *tiny_overrides(model, data, run_dir),
+        *short_run(model, data, run_dir),
         "deepspeed.zero_stage=2",
         "dae.epochs=2",
         f"dae.max_steps={STEPS}",

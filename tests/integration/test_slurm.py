@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from integration.cli import REPO, env, tiny_overrides
-from tb import read_scalars
+from helpers import REPO, free_port, read_scalars, short_run
+from integration.cli import env
 
-pytestmark = [pytest.mark.integration, pytest.mark.multiproc]
+pytestmark = [pytest.mark.integration, pytest.mark.multiproc, pytest.mark.slow]
 
 STUBS = Path(__file__).parent / "slurm_stubs"
 DAE_STEPS = 8
@@ -97,7 +96,7 @@ def test_chained_phases_with_a_preempted_job_that_requeues_and_resumes(tiny_mode
     slurm = Scheduler(tmp_path / "slurm")
     run_dir = tmp_path / "run"
     overrides = [
-        *tiny_overrides(tiny_model, small_data, run_dir),
+        *short_run(tiny_model, small_data, run_dir),
         "dae.epochs=2",
         f"dae.max_steps={DAE_STEPS}",
         "dae.micro_batch_size_per_rank=4",

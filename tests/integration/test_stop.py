@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dcl_dist.errors import Interrupted
-from integration.cli import REPO, dcl_dist, env, tiny_overrides
-from tb import read_scalars
+from helpers import REPO, read_scalars, short_run
+from integration.cli import dcl_dist, env
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def arguments(model: Path, data: Path, run_dir: Path) -> list[str]:
         "configs/quickstart.yaml",
         "--phase",
         "dae",
-        *tiny_overrides(model, data, run_dir),
+        *short_run(model, data, run_dir),
         "dae.epochs=3",
         f"dae.max_steps={STEPS}",
         "dae.micro_batch_size_per_rank=8",
@@ -41,6 +41,7 @@ def arguments(model: Path, data: Path, run_dir: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_in_a_checkpoint_that_the_next_run_resumes(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     args = arguments(tiny_model, small_data, run_dir)
@@ -88,6 +89,7 @@ def test_a_crash_with_a_dataloader_worker_alive_still_exits(tiny_model, small_da
     assert proc.returncode == 1 and "RuntimeError: injected fault" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
     args = arguments(tiny_model, small_data, run_dir)

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from helpers import stream_overrides, write_corpus
 from integration.cli import dcl_dist
-from streams import stream_overrides, write_corpus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_three_phase_streams_every_phase(tiny_model, tmp_path):

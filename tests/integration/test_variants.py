@@ -9,11 +9,13 @@ import pytest
 
 from dcl_dist import cli
 from dcl_dist.config import VARIANTS
-from integration.cli import dcl_dist, tiny_overrides
+from helpers import short_run
+from integration.cli import dcl_dist
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
@@ -21,7 +23,7 @@ def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_
         "train",
         "--config",
         "configs/quickstart.yaml",
-        *tiny_overrides(tiny_model, small_data, run_dir),
+        *short_run(tiny_model, small_data, run_dir),
         f"run.variant={variant}",
     )
     assert "test: accuracy" in proc.stdout
@@ -55,9 +57,10 @@ def test_every_variant_trains_and_predicts(variant, tiny_model, small_data, tmp_
     assert rows[0]["label"] == max(rows[0]["probabilities"], key=rows[0]["probabilities"].get)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_phases_and_refuses_changed_settings(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_model, small_data, run_dir)
+    overrides = short_run(tiny_model, small_data, run_dir)
     dcl_dist("train", "--config", "configs/quickstart.yaml", *overrides)
     stamps = {p: (run_dir / p / "artifact" / "dcl_dist.json").stat().st_mtime_ns for p in ("dae", "cl", "ft")}
     again = dcl_dist("train", "--config", "configs/quickstart.yaml", *overrides)
@@ -69,9 +72,10 @@ def test_rerun_skips_finished_phases_and_refuses_changed_settings(tiny_model, sm
     assert "cl.lr" in changed.stderr and "run.dir" in changed.stderr and "Traceback" not in changed.stderr
 
 
+@pytest.mark.slow
 def test_one_phase_at_a_time(tiny_model, small_data, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_model, small_data, run_dir)
+    overrides = short_run(tiny_model, small_data, run_dir)
     early = dcl_dist("train", "--config", "configs/quickstart.yaml", "--phase", "cl", *overrides, check=False)
     assert early.returncode == 2 and "run --phase dae first" in early.stderr
     for phase in ("dae", "cl", "ft"):

@@ -9,15 +9,18 @@ import json
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from multiproc.spawn import run_ranks
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 R, ALPHA, HEAD_HIDDEN = 4, 8, 16
 FT_STEPS = 3
 DATA = REPO / "examples" / "demo" / "train.jsonl"
 PROBE = ["please play some jazz now", "will it rain tomorrow in town", "book a table for dinner"]
+ZERO_2_AND_3 = pytest.mark.parametrize("trained", [2, 3], ids=["zero2", "zero3"], indirect=True)
+ZERO_3 = pytest.mark.parametrize("trained", [3], ids=["zero3"], indirect=True)
+"""Only ZeRO-3 partitions parameters: the ungathered-writer case exists for it alone."""
 
 
 def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> dict | None:
@@ -111,8 +114,9 @@ def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> d
     return out
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+@pytest.fixture(scope="module")
 def trained(request, tmp_path_factory, tiny_model_nodrop):
+    """One run per ZeRO stage (the test's parametrisation), shared by every test of that stage."""
     tmp = tmp_path_factory.mktemp(f"lora_zero{request.param}")
     results = run_ranks(_train_and_export, 2, tmp, str(tiny_model_nodrop), str(DATA), str(tmp / "run"), request.param)
     return {"stage": request.param, "model": tiny_model_nodrop, **results[0]}
@@ -133,12 +137,14 @@ def _expected_counts(model_dir) -> tuple[int, int]:
     return adapters + dense + cross_attention + lm_head, adapters + dense + head
 
 
+@ZERO_2_AND_3
 def test_trainable_parameter_count_matches_the_config(trained):
     dae, ft = _expected_counts(trained["model"])
     assert trained["dae_count"] == dae
     assert trained["ft_count"] == ft
 
 
+@ZERO_2_AND_3
 def test_exported_adapter_is_non_empty_and_holds_the_trained_values(trained):
     from dcl_dist.models.lora import read_adapter
 
@@ -165,6 +171,7 @@ def test_exported_adapter_is_non_empty_and_holds_the_trained_values(trained):
         assert torch.equal(value, trained["trained"][f"head.{name}"])
 
 
+@ZERO_2_AND_3
 def test_merged_and_adapter_forms_give_the_trained_logits(trained):
     from dcl_dist.inference import Predictor
 
@@ -179,6 +186,7 @@ def test_merged_and_adapter_forms_give_the_trained_logits(trained):
     assert torch.equal(logits["sentence-transformers"], logits["merged"])
 
 
+@ZERO_2_AND_3
 def test_adapter_opens_with_peft_on_the_base_model(trained):
     from peft import PeftModel
     from transformers import AutoModel
@@ -193,6 +201,7 @@ def test_adapter_opens_with_peft_on_the_base_model(trained):
         assert torch.allclose(theirs(input_ids=ids).last_hidden_state, ours(input_ids=ids).last_hidden_state, atol=1e-6)
 
 
+@ZERO_2_AND_3
 def test_sentence_transformers_export_embeds_like_the_trained_encoder(trained):
     from sentence_transformers import SentenceTransformer
 
@@ -201,7 +210,6 @@ def test_sentence_transformers_export_embeds_like_the_trained_encoder(trained):
     assert (theirs - trained["embeddings"]).abs().max() <= 1e-5
 
 
+@ZERO_3
 def test_zero3_writer_refuses_ungathered_partitions(trained):
-    if trained["stage"] != 3:
-        pytest.skip("only ZeRO-3 partitions parameters")
     assert "zero dimension" in trained["ungathered"]

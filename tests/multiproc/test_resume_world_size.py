@@ -10,11 +10,10 @@ from collections import Counter
 
 import pytest
 
+from helpers import read_scalars, tiny_run
 from multiproc.spawn import run_ranks
-from multiproc.tiny import tiny_run
-from tb import read_scalars
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 STEPS = 8
 SAVED_AT = 4

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from helpers import tiny_run
 from multiproc.spawn import run_ranks
-from multiproc.tiny import tiny_run
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
 SIGNALLED_AT_STEP = 3
 

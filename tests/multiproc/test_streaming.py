@@ -7,9 +7,8 @@ from collections import Counter
 
 import pytest
 
+from helpers import read_scalars, stream_overrides, write_corpus
 from multiproc.spawn import run_ranks
-from streams import stream_overrides, write_corpus
-from tb import read_scalars
 
 pytestmark = pytest.mark.multiproc
 
@@ -122,6 +121,7 @@ def _whole_and_stopped(model_dir: str, folder: str) -> None:
     _train_dae(model_dir, folder, f"{folder}/stopped", crash=True)
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_follows_the_uninterrupted_loss_curve(tmp_path, tiny_model_nodrop):
     write_corpus(tmp_path, {"weather": 30, "music": 12, "food": 6}, files=2, unlabelled=16)
     model, folder = str(tiny_model_nodrop), str(tmp_path)

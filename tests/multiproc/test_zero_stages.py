@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import read_scalars, tiny_run
 from multiproc.spawn import run_ranks
-from multiproc.tiny import tiny_run
-from tb import read_scalars
 
 pytestmark = pytest.mark.multiproc
 
@@ -46,6 +45,7 @@ def curves(tmp_path_factory, tiny_model_nodrop, snips_small):
     return out
 
 
+@pytest.mark.slow
 def test_zero_stages_give_the_same_loss_curve(curves):
     reference = curves[0]
     assert [s for s, _ in reference] == list(range(1, STEPS + 1))

@@ -2,12 +2,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import make_tiny_model
 from dcl_dist.errors import ModelError
 from dcl_dist.models.artifact import load_artifact, write_artifact
 from dcl_dist.models.decoder import TsdaeDecoder, load_decoder, tie_to_encoder
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone, pool
 from dcl_dist.models.head import ClassifierHead
+from helpers import make_tiny_model
 
 
 def test_mean_pooling_ignores_padding():

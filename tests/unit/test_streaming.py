@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-import streams
+import helpers
 from dcl_dist import dist
 from dcl_dist.config import load_config
 from dcl_dist.data.balance import class_ratios, corrected_sizes
@@ -25,11 +25,11 @@ SIZES = {"weather": 90, "music": 24, "food": 5}
 
 
 def write_corpus(folder, sizes=SIZES, files=2):
-    return streams.write_corpus(folder, sizes, files)
+    return helpers.write_corpus(folder, sizes, files)
 
 
 def stream_config(folder, *overrides):
-    return load_config(None, [*streams.stream_overrides(folder), "data.shuffle_buffer_size=16", *overrides])
+    return load_config(None, [*helpers.stream_overrides(folder), "data.shuffle_buffer_size=16", *overrides])
 
 
 @pytest.fixture(scope="module")
