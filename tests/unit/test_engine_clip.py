@@ -7,8 +7,8 @@ from dcl_dist.config import load_config
 
 
 def test_stage_0_clips_and_reports_the_norm(tmp_path):
-    overrides = [f"run.dir={tmp_path}", f"data.train={__file__}", "ft.micro_batch_size_per_rank=4"]
-    cfg = load_config(None, [*overrides, "ft.max_grad_norm=0.5"])
+    overrides = [f"run.dir={tmp_path}", "data.train=unused.jsonl", "ft.micro_batch_size_per_rank=4"]
+    cfg = load_config(None, [*overrides, "ft.max_grad_norm=0.5"], preflight=False)  # no data is read
     torch.manual_seed(0)
     model_engine = engine.initialize(torch.nn.Linear(8, 3), cfg, "ft", total_steps=4, hidden_size=8)
     assert engine.zero_stage(model_engine) == 0
