@@ -19,7 +19,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no_imb": ("dae", "cl", "ft"),
     "extra_imb": ("dae", "cl", "ft"),
 }
-"""Each variant's phases, in order (METHOD.md, "Variants")."""
+"""Each variant's phases, in order (docs/METHOD.md, "Variants")."""
 
 VARIANT_IMBALANCE = {"no_imb": "none", "extra_imb": "extra"}
 """Variants that are three_phase with a fixed imbalance preset."""
@@ -45,7 +45,7 @@ class ModelConfig:
     pooling: Literal["mean", "cls"] = "mean"
     """How token vectors become the sentence vector: mean over real tokens, or the first token."""
     bottleneck: bool = True
-    """Phase 1 adds a Dense(hidden, hidden, tanh) bottleneck after pooling (METHOD.md Fig. 1a)."""
+    """Phase 1 adds a Dense(hidden, hidden, tanh) bottleneck after pooling (docs/METHOD.md Fig. 1a)."""
     max_length: int | Literal["auto"] = "auto"
     """Tokens kept per text (longer texts are truncated and counted); auto: the model's limit, at most 512."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -65,7 +65,7 @@ class DataConfig:
     label_field: str = "label"
     """Field (column) that holds the class label (strings or integers)."""
     hierarchy_fields: list[str] = field(default_factory=list)
-    """Coarser label fields for hierarchical contrastive targets, finest first after label_field (METHOD.md eq. 3)."""
+    """Coarser label fields for hierarchical contrastive targets, finest first after label_field (docs/METHOD.md eq. 3)."""
     unlabelled: list[str] = field(default_factory=list)
     """Extra unlabelled text for phase 1 (files, globs or hub names); only text_field is read."""
     validation_fraction: float = 0.2

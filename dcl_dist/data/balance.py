@@ -1,4 +1,4 @@
-"""The imbalance correction of section 3.2.1 (METHOD.md) and the pair construction of phase cl's pair mode."""
+"""The imbalance correction of section 3.2.1 (docs/METHOD.md) and the pair construction of phase cl's pair mode."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def corrected_sizes(counts: list[int], ratios: list[float]) -> list[int]:
 def stream_copies(ratio: float, u: float) -> int:
     """Copies a stream emits of one example of a class with this ratio (the original included), u uniform in [0, 1).
 
-    floor(ratio) copies, plus one more with probability frac(ratio) (METHOD.md): in expectation ratio_k * n_k
+    floor(ratio) copies, plus one more with probability frac(ratio) (docs/METHOD.md): in expectation ratio_k * n_k
     per class, the size the in-memory correction gives, without knowing the example's place in its class.
     """
     whole = math.floor(ratio)

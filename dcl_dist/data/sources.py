@@ -163,15 +163,15 @@ def read_hub(source: str, default_split: str, streaming: bool = False) -> Iterat
 
     name, config, split = parse_hub_name(source, default_split)
     try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+        dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as e:  # the hub client raises many types: network, missing split, missing config
         raise DataError(
             f"hub dataset '{source}' (split {split}): {type(e).__name__}: {e}. Check the name, the config after ':'"
             " and the split after '@'; offline, use a local file instead"
         ) from None
-    class_names = class_label_names(ds)
-    for i, row in enumerate(ds):
-        yield Record(f"{name}@{split}:row {i}", name_class_labels(row, class_names))
+    column_class_names = class_label_names(dataset)
+    for i, row in enumerate(dataset):
+        yield Record(f"{name}@{split}:row {i}", name_class_labels(row, column_class_names))
 
 
 def class_label_names(dataset: Any) -> dict[str, list[str]]:
@@ -181,9 +181,9 @@ def class_label_names(dataset: Any) -> dict[str, list[str]]:
     return {k: f.names for k, f in (dataset.features or {}).items() if isinstance(f, datasets.ClassLabel)}
 
 
-def name_class_labels(row: dict, class_names: dict[str, list[str]]) -> dict:
+def name_class_labels(row: dict, column_class_names: dict[str, list[str]]) -> dict:
     """The row with ClassLabel ids replaced by their names, as a local file would give them (in place)."""
-    for column, names in class_names.items():
+    for column, names in column_class_names.items():
         if isinstance(row.get(column), int) and 0 <= row[column] < len(names):
             row[column] = names[row[column]]
     return row

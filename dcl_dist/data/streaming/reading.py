@@ -77,8 +77,8 @@ def rank_share(dataset: Any, rank: int, world: int) -> Any:
 class RecordReader:
     """Rows of one source -> (text, raw labels), with errors that name the source, the rank and the record."""
 
-    def __init__(self, cfg: Config, source: str, label_fields: list[str], class_names: dict[str, list[str]]):
-        self.source, self.label_fields, self.class_names = source, label_fields, class_names
+    def __init__(self, cfg: Config, source: str, label_fields: list[str], column_class_names: dict[str, list[str]]):
+        self.source, self.label_fields, self.column_class_names = source, label_fields, column_class_names
         txt = looks_like_path(source) and all(file_format(p) == "txt" for p in expand_paths(source))
         self.text_field = "text" if txt else cfg.data.text_field
         self.empty_text = cfg.data.empty_text
@@ -91,7 +91,7 @@ class RecordReader:
 
     def __call__(self, row: dict, record: int) -> tuple[str, tuple] | None:
         """(text, raw labels per level) of a row, or None for an empty text that is skipped."""
-        row = name_class_labels(row, self.class_names)
+        row = name_class_labels(row, self.column_class_names)
         return text_and_labels(self.where(record), row, self.text_field, self.label_fields, self.empty_text, "train")
 
 
