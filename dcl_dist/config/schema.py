@@ -65,7 +65,7 @@ class DataConfig:
     label_field: str = "label"
     """Field (column) that holds the class label (strings or integers)."""
     hierarchy_fields: list[str] = field(default_factory=list)
-    """Coarser label fields for hierarchical contrastive targets, finest first after label_field (docs/METHOD.md eq. 3)."""
+    """Coarser label fields for hierarchical contrastive targets, finest first after label_field (METHOD eq. 3)."""
     unlabelled: list[str] = field(default_factory=list)
     """Extra unlabelled text for phase 1 (files, globs or hub names); only text_field is read."""
     validation_fraction: float = 0.2
