@@ -19,7 +19,7 @@ THRESHOLD = 0.80
 
 def test_minilm_three_phase_on_snips(minilm, snips, tmp_path):
     run_dir = tmp_path / "run"
-    dcl_dist(
+    dcl_dist(  # about 2 minutes on 2 quiet cores; the limit leaves room for a loaded machine
         "train",
         "--config",
         "configs/quickstart.yaml",
@@ -35,6 +35,7 @@ def test_minilm_three_phase_on_snips(minilm, snips, tmp_path):
         "ft.patience=2",
         "ft.lr=1e-4",
         "logging.progress_bar=false",
+        timeout=1800,
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["n"] == 250
