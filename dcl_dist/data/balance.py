@@ -75,7 +75,8 @@ def make_pairs(sources: list[int], rng: random.Random, max_tries: int = 64) -> l
     """Pairs (a, b) of positions 0..N-1 from two shuffled copies: no self-pair, no repeated unordered pair.
 
     `sources[i]` names the example position i came from: positions of the same example (an original and its
-    copies) are never paired either. A pair that cannot be mended in max_tries swaps is dropped (tiny sets only).
+    copies) are never paired either. Every position is the first element of at most one pair and the second of
+    at most one. A pair that cannot be mended in max_tries swaps is dropped (tiny sets only).
     """
     n = len(sources)
     first = list(range(n))
@@ -83,23 +84,52 @@ def make_pairs(sources: list[int], rng: random.Random, max_tries: int = 64) -> l
     rng.shuffle(first)
     rng.shuffle(second)
     seen: set[tuple[int, int]] = set()
-    pairs = []
+    pairs: list[tuple[int, int]] = []
+    pair_at: dict[int, int] = {}
+    """Step i -> index in pairs of the pair it made (steps whose pair was dropped are absent)."""
+
+    def key(a: int, b: int) -> tuple[int, int]:
+        return min(a, b), max(a, b)
 
     def ok(a: int, b: int) -> bool:
-        return sources[a] != sources[b] and (min(a, b), max(a, b)) not in seen
+        return sources[a] != sources[b] and key(a, b) not in seen
+
+    def trade(i: int, j: int) -> bool:
+        """Step i takes earlier step j's partner and j takes i's, if both pairs stay valid (a swap alone would
+        leave j's recorded pair pointing at the partner i now uses: one position paired twice, one never)."""
+        a, c, b, d = first[i], first[j], second[j], second[i]
+        if j not in pair_at:  # step j's pair was dropped: its partner is free
+            return ok(a, b)
+        seen.discard(key(c, b))
+        if ok(a, b) and ok(c, d) and key(a, b) != key(c, d):
+            pairs[pair_at[j]] = (c, d)
+            seen.add(key(c, d))
+            return True
+        seen.add(key(c, b))
+        return False
+
+    def mend(i: int) -> bool:
+        """Give step i a valid partner: a swap with a step not yet taken, failing that (the last steps) a trade."""
+        if i + 1 < n:
+            for _ in range(max_tries):
+                j = rng.randrange(i + 1, n)
+                if ok(first[i], second[j]):
+                    second[i], second[j] = second[j], second[i]
+                    return True
+        if i > 0:
+            for _ in range(max_tries):
+                j = rng.randrange(i)
+                if trade(i, j):
+                    second[i], second[j] = second[j], second[i]
+                    return True
+        return False
 
     for i in range(n):
         a = first[i]
-        if not ok(a, second[i]):
-            # swap in a partner from the positions not yet used (any position once none is left)
-            for _ in range(max_tries):
-                j = rng.randrange(i + 1, n) if i + 1 < n else rng.randrange(n)
-                if ok(a, second[j]):
-                    second[i], second[j] = second[j], second[i]
-                    break
-            else:
-                continue
+        if not ok(a, second[i]) and not mend(i):
+            continue
         b = second[i]
-        seen.add((min(a, b), max(a, b)))
+        seen.add(key(a, b))
+        pair_at[i] = len(pairs)
         pairs.append((a, b))
     return pairs

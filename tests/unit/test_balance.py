@@ -75,3 +75,33 @@ def test_a_class_with_one_example_still_gets_pairs():
         with_it = [(a, b) for a, b in pairs if 60 in (sources[a], sources[b])]
         assert len(with_it) >= 4  # every copy is paired, each with an example of the other class
         assert all(sources[a] != sources[b] for a, b in with_it)
+
+
+def test_each_position_is_a_second_element_at_most_once():
+    """Mending the last position by a swap with an earlier one used to give that earlier partner a second pair
+    (and leave the last position's partner out): each position is the first element of at most one pair and the
+    second of at most one, and nothing is dropped where a valid partner exists."""
+    failures = []
+    for seed in range(300):
+        rng = random.Random(seed)
+        n = rng.randrange(4, 40)
+        sources = [rng.randrange(max(2, n // 2)) for _ in range(n)]  # repeated sources force mends
+        pairs = make_pairs(sources, random.Random(seed))
+        seconds = Counter(b for _, b in pairs)
+        firsts = Counter(a for a, _ in pairs)
+        if max(seconds.values(), default=0) > 1 or max(firsts.values(), default=0) > 1:
+            failures.append((seed, n))
+        assert all(sources[a] != sources[b] for a, b in pairs)
+        assert len({tuple(sorted(p)) for p in pairs}) == len(pairs)
+    assert not failures, f"a position paired twice as a second element: {failures[:5]}"
+
+
+def test_a_conflict_at_the_last_position_keeps_every_pair():
+    """The last position's first element equals its partner's source: it must trade partners with an earlier pair
+    (both pairs staying valid), not reuse that earlier pair's partner."""
+    for seed in range(200):
+        sources = list(range(12)) + [0]  # position 12 is a copy of example 0: it may meet position 0 last
+        pairs = make_pairs(sources, random.Random(seed))
+        assert len(pairs) == len(sources), seed  # a valid partner always exists here
+        assert sorted(b for _, b in pairs) == list(range(len(sources))), seed
+        assert sorted(a for a, _ in pairs) == list(range(len(sources))), seed
