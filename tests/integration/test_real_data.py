@@ -15,6 +15,32 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CHANCE = 1 / 7
 THRESHOLD = 0.80
 """Test accuracy the run must reach: far above chance (0.143); the full-data method reaches 0.98."""
+SILHOUETTE_GAIN = 0.05
+"""How far phase cl must lift the validation silhouette by class above the base encoder's (measured on these 140
+texts: base 0.139, after dae 0.133, after cl 0.253 at cl.lr 1e-4; at 3e-5 only 0.167, which this bar rejects)."""
+
+
+def base_silhouette(model, validation) -> float:
+    """Silhouette by class of the pretrained encoder (mean pooling) on the validation texts: where phase cl starts."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from dcl_dist.data.batching import Tokenize
+    from dcl_dist.evaluation import encoder_diagnostics
+    from dcl_dist.models.encoder import SentenceEncoder, load_backbone
+
+    rows = [json.loads(line) for line in validation.read_text(encoding="utf-8").splitlines()]
+    names = sorted({r["label"] for r in rows})
+    encoder = SentenceEncoder(load_backbone(str(model)), "mean").eval()
+    with torch.no_grad():
+        diagnostics, _ = encoder_diagnostics(
+            encoder,
+            Tokenize(AutoTokenizer.from_pretrained(model), 32),
+            [r["text"] for r in rows],
+            [names.index(r["label"]) for r in rows],
+            64,
+        )
+    return diagnostics["silhouette"]
 
 
 def test_minilm_three_phase_on_snips(minilm, snips, tmp_path):
@@ -31,6 +57,7 @@ def test_minilm_three_phase_on_snips(minilm, snips, tmp_path):
         f"data.test={snips / 'test.jsonl'}",
         "dae.max_steps=12",
         "cl.max_steps=12",
+        "cl.lr=1e-4",
         "ft.epochs=3",
         "ft.patience=2",
         "ft.lr=1e-4",
@@ -41,5 +68,7 @@ def test_minilm_three_phase_on_snips(minilm, snips, tmp_path):
     assert metrics["test"]["n"] == 250
     assert metrics["test"]["accuracy"] >= THRESHOLD > CHANCE, metrics["test"]
     assert metrics["test"]["macro_f1"] >= THRESHOLD - 0.05
-    cl = metrics["phases"]["cl"]["history"][-1]
-    assert cl["knn_accuracy"] >= THRESHOLD  # the clusters phase 2 made already separate the intents
+    # what phase cl is for: the representation clusters by intent clearly better than the base encoder's
+    base = base_silhouette(minilm, snips / "validation.jsonl")
+    cl = metrics["phases"]["cl"]["embedding"]["silhouette"]
+    assert cl >= base + SILHOUETTE_GAIN, f"silhouette after cl {cl:.3f}, base encoder {base:.3f}"
