@@ -611,6 +611,36 @@ def collect(args, plan: Plan) -> list[dict]:
     return records
 
 
+def compute_time(args) -> dict:
+    """Per dataset folder: runs finished, their CPU time and wall time summed, and the span from the first start to
+    the last finish (runs of other datasets overlapped it: --jobs at a time)."""
+    out = {}
+    for folder in sorted((args.out / "runs").glob("*")):
+        done = [json.loads(f.read_text()) for f in folder.glob(f"seed*/**/{DONE_FILE}")]
+        if not done:
+            continue
+        ends = [datetime.datetime.fromisoformat(d["finished"]).timestamp() for d in done]
+        starts = [end - d["wall_s"] for end, d in zip(ends, done)]
+        out[folder.name] = {
+            "runs": len(done),
+            "cpu_h": round(sum(d["cpu_s"] for d in done) / 3600, 2),
+            "run_wall_h": round(sum(d["wall_s"] for d in done) / 3600, 2),
+            "span_h": round((max(ends) - min(starts)) / 3600, 2),
+        }
+    return out
+
+
+def t_interval(differences: list[float]) -> tuple[float, float] | None:
+    """95% Student-t interval of the mean (a cross-check: with 5 seeds the percentile bootstrap is narrower)."""
+    from scipy import stats
+
+    if len(differences) < 2:
+        return None
+    mean, sem = statistics.mean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
+    half = stats.t.ppf(0.975, len(differences) - 1) * sem
+    return mean - half, mean + half
+
+
 def summarise(records: list[dict]) -> dict:
     """(dataset, row) -> means, stds and the paired differences to ft (with their intervals)."""
     by: dict = {}
@@ -631,6 +661,7 @@ def summarise(records: list[dict]) -> dict:
                 cell[metric]["diff"] = {
                     "mean": statistics.mean(paired),
                     "ci95": bootstrap_ci(paired),
+                    "t95": t_interval(paired),
                     "n": len(paired),
                     "wins": sum(d > 0 for d in paired),
                     "per_seed": paired,
@@ -720,6 +751,16 @@ def markdown(args, summary: dict, records: list[dict], base: dict, sizes: dict, 
             )
     lines += [
         "",
+        "Compute (every run of the dataset, the pilot's grids included; 1 thread per run, --jobs runs at a time, under"
+        " nice 19 on a machine shared with other work):",
+        "",
+        "| dataset folder | runs | CPU hours | run wall hours (summed) | first start to last finish (hours) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for folder, t in compute_time(args).items():
+        lines.append(f"| {folder} | {t['runs']} | {t['cpu_h']} | {t['run_wall_h']} | {t['span_h']} |")
+    lines += [
+        "",
         "Beside the paper's Table 3 (test accuracy %, 3-Phase / Joint / FT; the paper's FT baseline is not tuned as"
         " ours is, and its models are larger than our MiniLM-L6):",
         "",
@@ -779,7 +820,7 @@ def plot(args, summary: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 8), squeeze=False)
     for j, dataset in enumerate(datasets):
-        rows = [(row, c) for (d, row), c in summary.items() if d == dataset and not c["same_as"]]
+        rows = [(row, c) for (d, row), c in summary.items() if d == dataset and row != "ft" and not c["same_as"]]
         for i, metric in enumerate(("accuracy", "macro_f1")):
             ax = axes[i][j]
             for k, (row, cell) in enumerate(rows):
@@ -892,6 +933,7 @@ def report(args) -> None:
             for (d, m, v), s in plan.chosen.items()
         },
         "commits": sorted({r["commit"] for r in records}),
+        "compute": compute_time(args),
         "jobs": args.jobs,
         "threads_per_run": args.threads,
     }
