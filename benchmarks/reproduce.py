@@ -20,8 +20,8 @@ A phase that several runs share exactly is trained once in a store (runs/<datase
 linked into their run directories. Everything is resumable: a rerun skips finished runs (done.json) and resumes
 unfinished ones from their checkpoints; `--report` writes the table from whatever has finished.
 
-    python benchmarks/reproduce.py --datasets snips_imb100 snips sst2 --max-train snips=4000 --jobs 2
-    python benchmarks/reproduce.py --report                      # the table from the finished runs
+    python benchmarks/reproduce.py --max-train snips=2000 sst2=2000 --jobs 3    # the CPU table (2 cores)
+    python benchmarks/reproduce.py --report --publish docs/results/reproduce   # the table from the finished runs
     python benchmarks/reproduce.py --size full --model roberta-base --jobs 1      # on a GPU: full training sets
 """
 
@@ -973,6 +973,7 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "reproduce")
     parser.add_argument("--report", action="store_true", help="only write the table from the finished runs")
+    parser.add_argument("--publish", type=Path, help="copy the table, plot, JSON and settings here (docs/results/...)")
     args = parser.parse_args()
     args.max_train = {k: int(v) for k, v in (item.split("=") for item in args.max_train)}
     args.out = args.out.resolve()
@@ -984,6 +985,12 @@ def main() -> None:
         for f in failed:
             print("failed:", f)
     report(args)
+    if args.publish:
+        args.publish.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.json", "results.png", "settings.yaml"):
+            if (args.out / name).is_file():
+                shutil.copy(args.out / name, args.publish / name)
+        print(f"published to {args.publish}")
 
 
 if __name__ == "__main__":
