@@ -470,6 +470,17 @@ def stop_children(signum, frame) -> None:
     raise SystemExit(f"stopped by signal {signum}: rerun the same command to resume")
 
 
+@functools.cache
+def package_commit(commit: str) -> str:
+    """The last commit that changed dcl_dist/ as of a run's commit (what the run trained with; commits that touch
+    only benchmarks, docs or tests change nothing in it), with the run's +dirty mark kept."""
+    head, dirty = commit.removesuffix("+dirty"), commit.endswith("+dirty")
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%h", head, "--", "dcl_dist"], capture_output=True, text=True
+    ).stdout.strip()
+    return (out or head[:7]) + ("+dirty" if dirty else "")
+
+
 def train(args, spec: Spec) -> None:
     """One dcl-dist run (a store: only its last phase), its earlier phases linked from their stores."""
     folder = run_dir(args, spec)
@@ -605,7 +616,7 @@ def collect(args, plan: Plan) -> list[dict]:
                             "run": str(run_dir(args, spec).relative_to(args.out)),
                             "wall_s": done["wall_s"],
                             "cpu_s": done["cpu_s"],
-                            "commit": done["commit"],
+                            "commit": package_commit(done["commit"]),
                         }
                     )
     return records
@@ -705,8 +716,8 @@ def markdown(args, summary: dict, records: list[dict], base: dict, sizes: dict, 
     commits = sorted({r["commit"] for r in records})
     lines = [
         f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, {gpu}; table written"
-        f" {datetime.date.today()}; seeds {', '.join(map(str, args.seeds))} (pilot: {args.seeds[0]}); commits"
-        f" {', '.join(commits)}.",
+        f" {datetime.date.today()}; seeds {', '.join(map(str, args.seeds))} (pilot: {args.seeds[0]}); dcl_dist as of"
+        f" commit {', '.join(commits)} (the last change to dcl_dist/ before each run).",
         "",
         f"Settings (`--size {args.size}`): model `{args.model or size['model']}`, max_length {size['max_length']},"
         f" micro-batch {size['micro_batch']} (pairs in cl pair mode, texts otherwise), {' '.join(size['overrides'])};"
@@ -804,6 +815,7 @@ def markdown(args, summary: dict, records: list[dict], base: dict, sizes: dict, 
             shown = "; ".join(
                 f"{phase}: " + ", ".join(f"{lr:g} -> {100 * v:.2f}" for lr, v in sorted(values or []))
                 for phase, values in grid.items()
+                if values
             )
             lines.append(f"- {dataset} {row_name(variant, mode)}: {shown}")
     return "\n".join(lines) + "\n"
