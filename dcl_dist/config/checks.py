@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from dcl_dist.config.schema import Config, PhaseConfig
+from dcl_dist.config.schema import IMBALANCE_PRESETS, VARIANT_IMBALANCE, Config, PhaseConfig
 
 Bad = Callable[[str, str], None]
 """bad(key, message): report a problem with a key."""
@@ -34,6 +34,7 @@ def check_values(cfg: Config, where: dict[str, str] | None = None, failed: Colle
         _check_model,
         _check_phases,
         _check_cl,
+        _check_variant_ratios,
         _check_ft_and_joint,
         _check_deepspeed,
         _check_lora,
@@ -133,6 +134,24 @@ def _check_cl(cfg: Config, bad: Bad) -> None:
             bad("cl.level_weights", f"has {len(cl.level_weights)} weights for {levels} label levels: give {levels}")
         elif any(w < 0 for w in cl.level_weights) or sum(cl.level_weights) <= 0:
             bad("cl.level_weights", "must be >= 0 with a positive sum")
+
+
+def _check_variant_ratios(cfg: Config, bad: Bad) -> None:
+    """no_imb and extra_imb fix the imbalance preset: an explicit cl ratio that disagrees with it is an error."""
+    forced = VARIANT_IMBALANCE.get(cfg.run.variant)
+    if forced is None:
+        return
+    preset = IMBALANCE_PRESETS[forced]
+    for i, key in enumerate(("min_ratio", "max_ratio")):
+        value = getattr(cfg.cl, key)
+        if value is None or (preset is not None and value == preset[i]):
+            continue
+        trains = "without a correction" if preset is None else f"with the {forced} preset {preset}"
+        bad(
+            f"cl.{key}",
+            f"is {value}, but run.variant {cfg.run.variant} trains {trains}: remove cl.{key}, or set your own ratios"
+            f" with run.variant=three_phase and cl.imbalance={forced if preset else 'paper'}",
+        )
 
 
 def _check_ft_and_joint(cfg: Config, bad: Bad) -> None:

@@ -1,9 +1,7 @@
 """A variant that fixes the imbalance preset (no_imb, extra_imb) and explicit cl ratios must not disagree silently.
 
-Today `run.variant=extra_imb cl.max_ratio=4` trains with (1.5, 4), the paper preset's ratios, under the name
-extra_imb, and `run.variant=no_imb cl.max_ratio=4` ignores the ratio: both without a word (issue 14, item 7b).
-The fix belongs in load_config (config.py), after the issue-11 split: report the explicit ratio that disagrees
-with the variant's preset as a ConfigError. Remove the xfail marks when it lands (strict: they fail once it does).
+`run.variant=extra_imb cl.max_ratio=4` used to train with (1.5, 4), the paper preset's ratios, under the name
+extra_imb, and `run.variant=no_imb cl.max_ratio=4` ignored the ratio: both without a word (issue 14, item 7b).
 """
 
 from __future__ import annotations
@@ -12,10 +10,6 @@ import pytest
 
 from dcl_dist.config import load_config
 from dcl_dist.errors import ConfigError
-
-FIX_PENDING = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="issue 14 item 7b: the check goes into load_config after issue 11"
-)
 
 
 @pytest.fixture
@@ -33,20 +27,17 @@ def config_problems(overrides: list[str]) -> list[str]:
     return []
 
 
-@FIX_PENDING
 def test_extra_imb_with_another_max_ratio_is_an_error(train):
     problems = config_problems([f"data.train={train}", "run.variant=extra_imb", "cl.max_ratio=4"])
     assert len(problems) == 1, "extra_imb with cl.max_ratio=4 runs the paper preset's (1.5, 4) under extra's name"
     assert "cl.max_ratio" in problems[0] and "extra_imb" in problems[0]
 
 
-@FIX_PENDING
 def test_extra_imb_with_another_min_ratio_is_an_error(train):
     problems = config_problems([f"data.train={train}", "run.variant=extra_imb", "cl.min_ratio=2"])
     assert len(problems) == 1 and "cl.min_ratio" in problems[0]
 
 
-@FIX_PENDING
 def test_no_imb_with_a_ratio_is_an_error(train):
     problems = config_problems([f"data.train={train}", "run.variant=no_imb", "cl.max_ratio=4"])
     assert len(problems) == 1, "no_imb trains without a correction: an explicit ratio would be ignored"
