@@ -32,7 +32,16 @@ SILENCED_RECORDS: dict[str, list[str]] = {
 }
 """Library logger -> message regexes of records never shown."""
 
-QUIET_LOGGERS = ("DeepSpeed", "deepspeed", "torch.distributed", "datasets", "httpx", "urllib3", "filelock", "tensorboard")
+QUIET_LOGGERS = (
+    "DeepSpeed",
+    "deepspeed",
+    "torch.distributed",
+    "datasets",
+    "httpx",
+    "urllib3",
+    "filelock",
+    "tensorboard",  # its event reader (the report) logs every file it moves to
+)
 """Libraries whose INFO records describe their own internals: WARNING and above only."""
 
 WARNINGS_LOGGER = "py.warnings"

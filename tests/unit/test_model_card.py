@@ -20,7 +20,7 @@ def meta(**extra) -> dict:
         "dense_layers": 2,
         "max_length": 64,
         "head": {"hidden": 384, "head_hidden": 256, "n_classes": 3, "dropout": 0.1, "activation": "relu"},
-        "lineage": [{"phase": "dae", "adapter": None}, {"phase": "cl", "adapter": None}, {"phase": "ft", "adapter": None}],
+        "lineage": [{"phase": p, "adapter": None} for p in ("dae", "cl", "ft")],
         "lora": None,
         "metrics": {
             "test": {
@@ -77,7 +77,7 @@ def test_sections_name_phases_data_results_and_usage():
 def test_an_adapter_export_is_a_peft_card_without_backbone_snippets():
     lora = {"base": "/models/base", "rank": 8, "phases": ["cl", "ft"], "merge_between_phases": True}
     adapter = {"r": 8, "alpha": 16.0, "target_modules": ["query", "value"], "then": "merged"}
-    lineage = [{"phase": "dae", "adapter": None}, {"phase": "cl", "adapter": adapter}, {"phase": "ft", "adapter": adapter}]
+    lineage = [{"phase": "dae", "adapter": None}, *({"phase": p, "adapter": adapter} for p in ("cl", "ft"))]
     text = card(meta(form="adapter", lora=lora, lineage=lineage), "out/adapter")
     data = ModelCard(text).data
     assert data.library_name == "peft"

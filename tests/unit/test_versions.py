@@ -65,4 +65,5 @@ def test_untested_and_broken_versions_are_named(monkeypatch):
     assert "deepspeed 0.20.1 is outside the range dcl-dist is tested with (0.19.8)" in message
     assert "pip install 'deepspeed==0.19.8.*'" in message
     monkeypatch.setattr(versions, "KNOWN_BROKEN", {"deepspeed": ("0.20", "0.20")})
-    assert versions.broken() == ["deepspeed 0.20.1 is known not to work with dcl-dist (0.20 to 0.20): install another version"]
+    (message,) = versions.broken()
+    assert message == "deepspeed 0.20.1 is known not to work with dcl-dist (0.20 to 0.20): install another version"
