@@ -97,11 +97,12 @@ def embedding_maps(maps: list[Embeddings], class_names: list[str], method: str =
     rows = -(-len(maps) // columns)
     fig = Figure(figsize=(PANEL[0] * columns, (PANEL[0] - 0.2) * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    size = float(np.clip(4000 / max(len(maps[0].vectors), 1), 6, 36))  # a few points big enough to see, many small
     for ax, emb in zip(axes, maps):
         xy = map_2d(emb.vectors, method)
         for name in class_names:
             pick = [i for i, c in enumerate(emb.point_class_names) if c == name]
-            ax.scatter(xy[pick, 0], xy[pick, 1], s=9, alpha=0.75, color=colours[name], label=name, linewidths=0)
+            ax.scatter(xy[pick, 0], xy[pick, 1], s=size, alpha=0.75, color=colours[name], label=name, linewidths=0)
         title = "base encoder" if emb.name == BASE else f"after {emb.name}"
         d = emb.diagnostics
         if d:
@@ -112,7 +113,14 @@ def embedding_maps(maps: list[Embeddings], class_names: list[str], method: str =
     for ax in axes[len(maps) :]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(class_names), 8), fontsize=9, markerscale=2)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(len(class_names), 8),
+        fontsize=9,
+        markerscale=np.sqrt(40 / size),
+    )
     return fig
 
 
@@ -145,8 +153,8 @@ def per_class_scores(test: dict, class_names: list[str]) -> Figure | None:
         ax.bar(x + (i - 1) * 0.27, [per_class[c][key] for c in class_names], 0.27, label=label, color=f"C{i}")
     ax.set_xticks(x, [f"{c}\n(n={int(per_class[c]['support'])})" for c in class_names], fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_title("test, per class", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("test, per class", fontsize=10, pad=22)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3, frameon=False)  # over no bar
     ax.grid(axis="y", alpha=0.3)
     return fig
 
