@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -136,15 +135,6 @@ def train(overrides: list[str], log: Path, threads: int) -> None:
         )
 
 
-def drop_checkpoints(run_dir: Path) -> None:
-    """A finished run needs its artifacts, not its checkpoints (for MiniLM, 300 MB to 1 GB per phase; a whole
-    CPU-sized reproduction kept 64 GB of them)."""
-    for phase_dir in run_dir.iterdir():
-        if phase_dir.is_dir() and not phase_dir.is_symlink():
-            for kept in ("checkpoints", "best"):
-                shutil.rmtree(phase_dir / kept, ignore_errors=True)
-
-
 def run_group(args, dataset: str, seed: int, threads: int) -> list[dict]:
     """Every variant x learning rate of one (dataset, seed), reusing shared phases; one record per variant."""
     root = args.out / "runs" / dataset / f"seed{seed}"
@@ -163,7 +153,6 @@ def run_group(args, dataset: str, seed: int, threads: int) -> list[dict]:
             elif variant in SHARED_DAE and first_dae is not None:
                 link_phase(first_dae, "dae", run_dir)
             train(run_overrides(args, dataset, variant, seed, lr, run_dir), log, threads)
-            drop_checkpoints(run_dir)
             if variant in SHARED_DAE and first_dae is None:
                 first_dae = run_dir
             metrics = json.loads((run_dir / "metrics.json").read_text())
