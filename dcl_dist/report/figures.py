@@ -107,7 +107,7 @@ def embedding_maps(maps: list[Embeddings], class_names: list[str], method: str =
         d = emb.diagnostics
         if d:
             title += f"\nsilhouette {d.get('silhouette', np.nan):.3f}, kNN {d.get('knn_accuracy', np.nan):.3f}"
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=12)  # four panels shrink to the page's width
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[len(maps) :]:
@@ -118,7 +118,7 @@ def embedding_maps(maps: list[Embeddings], class_names: list[str], method: str =
         labels,
         loc="outside lower center",
         ncols=min(len(class_names), 8),
-        fontsize=9,
+        fontsize=11,
         markerscale=np.sqrt(40 / size),
     )
     return fig
