@@ -3,6 +3,8 @@ the summary says what the run directory holds."""
 
 from __future__ import annotations
 
+import pytest
+
 from dcl_dist.config import Config
 from dcl_dist.models.artifact import META_FILE
 from dcl_dist.pipeline import drop_finished_checkpoints
@@ -67,3 +69,29 @@ def test_disk_usage_and_summary(tmp_path):
     assert lines[2].split() == ["ft", "1:05", "8", "2.0", "macro_f1", "0.7500", str(run_dir.phase("ft").artifact)]
     assert lines[3] == f"run directory {tmp_path} holds 7.1 kB: artifacts 4.0 kB, checkpoints 3.0 kB"
     assert human_bytes(1.6e9) == "1.6 GB" and human_bytes(999) == "999 B"
+
+
+def test_a_crash_between_artifact_and_deletion_is_cleaned_up_by_the_rerun(tmp_path, monkeypatch):
+    """The re-run skips the finished phase and deletes its checkpoints then; an unfinished phase keeps its own."""
+    from types import SimpleNamespace
+
+    from dcl_dist import pipeline
+
+    run_dir = RunDir(tmp_path / "run")
+    fake_phase(run_dir, "dae", complete=True)  # the crash came after its artifact, before its checkpoints went
+    (run_dir.phase("dae").artifact / META_FILE).write_text('{"lineage": [{"phase": "dae"}]}')
+    fake_phase(run_dir, "ft", complete=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash(cfg, phase, settings, context):
+        raise Crash(phase)
+
+    monkeypatch.setattr(pipeline, "run_phase", crash)
+    cfg = Config()
+    cfg.run.dir, cfg.run.variant = str(run_dir.root), "dae_ft"
+    with pytest.raises(Crash, match="^ft$"):  # dae was skipped, ft trained (and crashed again)
+        pipeline.run_variant(cfg, splits=SimpleNamespace(class_names=["a", "b"]))
+    assert not run_dir.phase("dae").checkpoints.exists() and not run_dir.phase("dae").best.exists()
+    assert (run_dir.phase("ft").checkpoints / "step_00000004").is_dir() and run_dir.phase("ft").best.is_dir()
