@@ -432,14 +432,6 @@ def dependencies(spec: Spec) -> list[Spec]:
     return [spec.prefix(n) for n in range(1, len(spec.phases))]
 
 
-def drop_checkpoints(folder: Path) -> None:
-    """A finished run needs its artifacts, not its checkpoints (300 MB to 1 GB per phase for MiniLM)."""
-    for phase_dir in folder.iterdir():
-        if phase_dir.is_dir() and not phase_dir.is_symlink():
-            for kept in ("checkpoints", "best"):
-                shutil.rmtree(phase_dir / kept, ignore_errors=True)
-
-
 def commit() -> str:
     out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(
@@ -502,7 +494,6 @@ def train(args, spec: Spec) -> None:
         (folder / RUNNING_FILE).unlink(missing_ok=True)
     if process.returncode != 0:
         raise RuntimeError(f"{folder}: dcl-dist exited with {process.returncode} (see {folder / 'train.log'})")
-    drop_checkpoints(folder)
     done = {
         "wall_s": round(time.time() - start, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),

@@ -1,7 +1,9 @@
-"""dcl-dist: train | evaluate | predict | export | plan | keys.
+"""dcl-dist: init | train | report | evaluate | predict | export | plan | keys.
 
+dcl-dist init my_project --demo-data                         # a commented config (and the demo data) to start from
 dcl-dist train --config configs/quickstart.yaml [--phase cl] [key=value ...]
 deepspeed --num_gpus 8 $(which dcl-dist) train --config X    # the same, on 8 ranks
+dcl-dist report runs/x                                       # runs/x/report/report.html (train writes it too)
 dcl-dist evaluate --model runs/x/ft/artifact --data test.jsonl
 dcl-dist predict --model runs/x/ft/artifact --input texts.txt --output predictions.jsonl
 dcl-dist export --run runs/x --to adapter|merged|sentence-transformers [--out DIR]
@@ -12,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+import time
 from pathlib import Path
 
+from dcl_dist import logs
 from dcl_dist.config import load_config
 from dcl_dist.errors import DclDistError, Interrupted
 from dcl_dist.rundir import RunDir
@@ -25,23 +28,24 @@ log = logging.getLogger("dcl_dist")
 
 def _rank() -> int:
     """This process's rank, from the launcher's environment (before or after the process group exists)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    return logs.rank_from_env()
 
 
 def _setup_logging() -> None:
-    rank = _rank()
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "datasets", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
+    logs.setup(_rank())
+    logs.quiet_transformers()
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+
+def _check_versions() -> None:
+    """A library version known not to work stops here; one outside the tested range is named once (rank 0)."""
+    from dcl_dist import versions
+
+    broken = versions.broken()
+    if broken:
+        raise DclDistError("; ".join(broken))
+    if _rank() == 0:
+        for message in versions.untested():
+            log.warning(message)
 
 
 def _print_summary(metrics: dict) -> None:
@@ -56,10 +60,13 @@ def _print_summary(metrics: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     cfg = load_config(args.config, args.overrides)  # before the heavy imports: a typo fails in a second
     from dcl_dist import dist, interrupt
     from dcl_dist.pipeline import run_variant
 
+    if _rank() == 0:
+        logs.log_device()
     try:
         with interrupt.stop_on_signals():
             metrics = run_variant(cfg, args.phase)
@@ -70,9 +77,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "test" in ft_metrics:
             print_report(ft_metrics["test"])
         _print_summary(metrics)
-        run_dir = RunDir(cfg.run.dir)
-        shown = f"{run_dir.metrics_file.name}, {run_dir.tensorboard.name}/, {'/'.join(cfg.phases())} artifacts"
-        print(f"run directory: {cfg.run.dir}  ({shown})")
+        _finish_run(cfg, metrics, time.perf_counter() - started)
+    return 0
+
+
+def _finish_run(cfg, metrics: dict, seconds: float) -> None:
+    """Rank 0, after train: the run report (unless logging.report is false) and the summary table."""
+    from dcl_dist import summary
+
+    run_dir = RunDir(cfg.run.dir)
+    report = None
+    if cfg.logging.report:
+        from dcl_dist.report import write_report
+
+        try:
+            report = write_report(run_dir.root)
+        except Exception as e:  # noqa: BLE001 - the training is done and saved: a failing figure must not undo that
+            why = f"{type(e).__name__}: {e}"
+            log.warning("the run report could not be written (%s): dcl-dist report %s tries again", why, run_dir)
+    print(f"\ntrain took {summary.duration(seconds)}; per phase:")
+    print(summary.summary_text(run_dir, list(cfg.phases()), metrics))
+    if report is not None:
+        print(f"report: {report}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dcl_dist.report import write_report
+
+    print(f"report: {write_report(Path(args.run), args.map)}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from dcl_dist.starter import CONFIG_FILE, init_project
+
+    folder = Path(args.dir)
+    for path in init_project(folder, args.demo_data):
+        print(f"wrote {path}")
+    print(f"next: cd {folder} && dcl-dist train --config {CONFIG_FILE}")
     return 0
 
 
@@ -173,11 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    init = sub.add_parser("init", help="write a commented starter config (and the demo data) into a folder")
+    init.add_argument("dir", help="the folder to write (made if missing)")
+    init.add_argument("--demo-data", action="store_true", help="also write the quickstart's demo data into DIR/data")
+    init.set_defaults(func=cmd_init)
+
     train = sub.add_parser("train", help="run a variant (or one phase of it)")
     train.add_argument("--config", required=True, help="YAML config file")
     train.add_argument("--phase", choices=["dae", "cl", "ft", "joint"], help="run only this phase of the variant")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. cl.lr=1e-5")
     train.set_defaults(func=cmd_train)
+
+    report = sub.add_parser("report", help="write a run's report: RUN/report/report.html and its figures as PNGs")
+    report.add_argument("run", help="the run directory (run.dir)")
+    report.add_argument(
+        "--map", choices=["pca", "tsne"], default="pca", help="how the embeddings are mapped to 2-D (t-SNE is slower)"
+    )
+    report.set_defaults(func=cmd_report)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a trained classifier on a labelled file")
     where = evaluate.add_mutually_exclusive_group(required=True)
@@ -234,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging()
     try:
+        _check_versions()
         return args.func(args)
     except DclDistError as e:
         # a stop request is the same on every rank: one rank says so; any other error may be one rank's own

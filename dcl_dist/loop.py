@@ -20,6 +20,7 @@ import torch
 from dcl_dist import checkpoints, dist, engine, interrupt, resume
 from dcl_dist.config import Config, PhaseConfig
 from dcl_dist.errors import NonFiniteLossError, TrainingError
+from dcl_dist.logs import library_output_silenced
 from dcl_dist.monitor import Monitor
 from dcl_dist.rundir import PhaseDir
 
@@ -70,6 +71,10 @@ class LoopState:
     stopped_early: bool = False
     finished: bool = False
     history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time in the loop (steps, evaluations, checkpoints), summed over every run that worked on the phase."""
+    samples: int = 0
+    """Training examples (a pair counts two) put through the model, over all ranks."""
 
 
 def total_steps(p: PhaseConfig, steps_per_epoch: int) -> int:
@@ -98,7 +103,8 @@ def load_best(model_engine, phase_dir: PhaseDir) -> bool:
     best = checkpoints.latest(phase_dir.best)
     if best is None:
         return False
-    checkpoints.load_weights(model_engine, best)
+    with library_output_silenced():  # DeepSpeed's ZeRO-3 weights-only load prints its parsing on every rank
+        checkpoints.load_weights(model_engine, best)
     return True
 
 
@@ -115,6 +121,7 @@ class _Training:
         self.state = LoopState()
         self.data_state: Any = None
         self.window = _Throughput()
+        self.clock = (time.perf_counter(), 0.0)  # (when this run's loop started, the state's seconds then)
 
     def fit(self, resume_from: resume.Resume | None) -> LoopState:
         state = self.state = self.restore(resume_from)
@@ -123,6 +130,7 @@ class _Training:
         if dist.any_true(interrupt.requested() is not None):  # the request came while the phase was starting
             raise interrupt.stopped(f"at {self.run.name} step {state.step} of {self.steps}, before training on")
         self.monitor = Monitor(self.phase_dir, self.cfg, self.steps, state.step)
+        self.clock = (time.perf_counter(), state.seconds)
         try:
             self.model_engine.train()
             self.window.reset()
@@ -203,6 +211,7 @@ class _Training:
         if not math.isfinite(mean_loss):
             raise self.non_finite(mean_loss)
         self.window.add(total_samples, total_tokens)
+        self.state.samples += int(total_samples)
         return mean_loss, bool(stops)
 
     def forward_backward(self, batch: dict) -> torch.Tensor:
@@ -277,6 +286,8 @@ class _Training:
         )
 
     def save(self, root, rank_state: dict, keep_last: int) -> None:
+        started, before = self.clock
+        self.state.seconds = before + time.perf_counter() - started
         checkpoints.save(self.model_engine, root, self.state.step, vars(self.state), rank_state, keep_last)
 
     def stop(self) -> None:

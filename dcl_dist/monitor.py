@@ -4,6 +4,7 @@ the embedding projector, and a progress bar."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -55,22 +56,27 @@ class Monitor:
 
 
 def log_embeddings(
-    phase_dir: PhaseDir,
+    tensorboard: Path,
+    name: str,
     cfg: Config,
     step: int,
     vectors: torch.Tensor,
     point_class_names: list[str],
     scalars: dict[str, float],
 ) -> None:
-    """The encoder's validation embeddings (projector, each point named by its class) and diagnostics, on rank 0."""
+    """An encoder's validation embeddings (projector, each point named by its class) and diagnostics, on rank 0.
+
+    tensorboard: the phase's TensorBoard run (PhaseDir.tensorboard), or RunDir.base_tensorboard for the base encoder;
+    name: the phase (or rundir.BASE), the tags' namespace.
+    """
     if not dist.is_main() or not cfg.logging.tensorboard:
         return
     from torch.utils.tensorboard import SummaryWriter
 
-    phase = phase_dir.name
+    phase = name
     keep = validation_subset_rng(cfg.run.seed).permutation(len(point_class_names))[:PROJECTOR_MAX_POINTS]
     keep.sort()
-    with SummaryWriter(str(phase_dir.tensorboard)) as writer:
+    with SummaryWriter(str(tensorboard)) as writer:
         for k, v in scalars.items():
             if math.isfinite(v):
                 writer.add_scalar(f"{phase}/embedding_{k}", v, step)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 
 from dcl_dist import dist, interrupt, resume
@@ -137,6 +138,7 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
             )
         else:
             run_phase(cfg, phase, settings, PhaseContext(cfg, run_dir, splits, source, lineage))
+        drop_finished_checkpoints(cfg, phase_dir)
         lineage = lineage + [{**read_meta(phase_dir.artifact)["lineage"][-1], "artifact": str(phase_dir.artifact)}]
         source = str(phase_dir.artifact)
         if phase == only_phase:
@@ -145,6 +147,23 @@ def run_variant(cfg: Config, only_phase: str | None = None, splits: Splits | Non
     if dist.is_main():
         run_dir.metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def drop_finished_checkpoints(cfg: Config, phase_dir: PhaseDir) -> None:
+    """Rank 0 deletes a finished phase's checkpoints/ and best/ unless checkpoint.keep_finished.
+
+    Call only once the phase's artifact is complete: until then its last checkpoint is what a re-run resumes (a
+    crash between the two leaves both, and the re-run, which skips the phase, deletes them). Later phases and
+    exports read the artifact alone.
+    """
+    if cfg.checkpoint.keep_finished or not dist.is_main() or not is_complete(phase_dir.artifact):
+        return
+    dropped = [folder for folder in (phase_dir.checkpoints, phase_dir.best) if folder.exists()]
+    for folder in dropped:
+        shutil.rmtree(folder, ignore_errors=True)
+    if dropped:
+        shown = " and ".join(f"{folder.name}/" for folder in dropped)
+        log.info("%s: artifact complete, %s deleted (checkpoint.keep_finished: true keeps them)", phase_dir.name, shown)
 
 
 def check_request(cfg: Config, only_phase: str | None) -> None:

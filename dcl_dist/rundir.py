@@ -3,6 +3,8 @@
 <run>/config.yaml             the resolved config
 <run>/metrics.json            each finished phase's metrics and the final ones
 <run>/tb/<phase>/             TensorBoard events of each phase
+<run>/tb/base/                the base encoder's validation embeddings (recorded by the variant's first phase)
+<run>/report/                 report.html (self-contained) and its figures as PNGs
 <run>/stream_counts.json      the counting pass of a streamed train split
 <run>/export/<form>/          `dcl-dist export` writes here unless told otherwise
 <run>/<phase>/settings.json   the settings the phase was trained with
@@ -18,6 +20,8 @@ from pathlib import Path
 
 TENSORBOARD = "tb"
 METRICS_FILE = "metrics.json"
+BASE = "base"
+"""The name under which the base encoder (before any phase) is recorded: TensorBoard run, report, tags."""
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,17 @@ class RunDir:
     @property
     def stream_counts_file(self) -> Path:
         return self.root / "stream_counts.json"
+
+    @property
+    def base_tensorboard(self) -> Path:
+        """The base encoder's validation embeddings and diagnostics, as one more TensorBoard run beside the phases'."""
+        return self.root / TENSORBOARD / BASE
+
+    @property
+    def report(self) -> Path:
+        """The run report: report.html and each figure as a PNG."""
+        return self.root / "report"
+
+    @property
+    def report_file(self) -> Path:
+        return self.report / "report.html"

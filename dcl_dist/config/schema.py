@@ -198,6 +198,8 @@ class CheckpointConfig:
     """Write a resumable checkpoint every this many optimiser steps (and at the end of each phase)."""
     keep_last: int = 2
     """Checkpoints kept per phase; older ones are deleted once a newer one is complete."""
+    keep_finished: bool = False
+    """Keep a phase's checkpoints/ and best/ once its artifact is complete; false: delete them then (not needed)."""
 
 
 @dataclass
@@ -224,6 +226,8 @@ class LoggingConfig:
     """Write TensorBoard events under <run.dir>/tb."""
     progress_bar: bool = True
     """Show a tqdm progress bar on rank 0."""
+    report: bool = True
+    """Write <run.dir>/report (report.html with every figure embedded, and the figures as PNGs) at the end of train."""
 
 
 @dataclass
@@ -249,7 +253,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Resumable checkpoints."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    """TensorBoard and progress bar."""
+    """TensorBoard, progress bar and the run report."""
 
     def phases(self) -> tuple[str, ...]:
         """The variant's phases, in order."""

@@ -7,7 +7,9 @@ artifact/
   config_sentence_transformers.json                 (cosine similarity)
   1_Pooling/config.json, 2_Dense/..., 3_Dense/...   (Dense: linear.weight / linear.bias, tanh)
   head/model.safetensors                            the classifier head (phase ft only)
-  dcl_dist.json                                     phase, pooling, dense layers, class names, head, lineage
+  dcl_dist.json                                     phase, pooling, dense layers, class names, head, lineage,
+                                                    data, config
+  README.md                                         the model card (model_card.py), from dcl_dist.json
   adapter/                                          LoRA phases: a peft adapter folder (the backbone above is
                                                     that adapter merged into meta["lora"]["base"])
 ```
@@ -31,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from dcl_dist.errors import ModelError
+from dcl_dist.model_card import write_card
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
 from dcl_dist.models.head import ClassifierHead
 from dcl_dist.models.lora import (
@@ -128,6 +131,7 @@ def write_artifact(
         )
         if adapter is not None:
             write_adapter(partial / ADAPTER_DIR, adapter)
+        write_card(partial, path, read_meta(partial))
 
 
 def write_adapter_artifact(
@@ -146,6 +150,7 @@ def write_adapter_artifact(
         write_adapter(partial, adapter)
         tokenizer.save_pretrained(partial)
         _write_parts(partial, encoder, parts, meta, max_length, head)
+        write_card(partial, path, read_meta(partial))
 
 
 def _parts(encoder: SentenceEncoder, head: ClassifierHead | None) -> dict[str, dict[str, torch.Tensor]]:

@@ -13,7 +13,7 @@ from dcl_dist.data.batching import Tokenize
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.phases.contrastive import contrastive_evaluator, contrastive_loss
 from dcl_dist.phases.feed import contrastive_feed
-from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.outputs import finish, record_base
 from dcl_dist.phases.start import load_start, report_trainable, resolve_max_length, seed_everything, start_engine
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def run(ctx: PhaseContext) -> dict:
     n_levels = len(ctx.splits.label_names)
     loss_fn = contrastive_loss(cfg, n_levels)
     model_engine = start_engine(ctx, phase, encoder, encoder.hidden_size, feed.steps_per_epoch)
+    record_base(ctx, phase, model_engine.module, tokenize)
 
     def step_loss(model_engine, batch):
         return loss_fn(model_engine(batch["input_ids"], batch["attention_mask"]), batch["levels"])

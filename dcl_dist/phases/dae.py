@@ -18,7 +18,7 @@ from dcl_dist.models.decoder import TsdaeDecoder, build_tsdae_decoder
 from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.phases.feed import dae_feed
-from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.outputs import finish, record_base
 from dcl_dist.phases.start import (
     load_start,
     report_trainable,
@@ -72,6 +72,7 @@ def run(ctx: PhaseContext) -> dict:
     noise = Noise(cfg.run.seed, cfg.dae.deletion_ratio)
     feed = dae_feed(ctx, tokenize, noise)
     model_engine = start_engine(ctx, phase, model, model.encoder.hidden_size, feed.steps_per_epoch)
+    record_base(ctx, phase, model_engine.module.encoder, tokenize)
 
     evaluate = validation_loss(ctx, model_engine.module, tokenize, noise)
     state = loop.train(

@@ -16,7 +16,7 @@ from dcl_dist.losses.classification import ClassificationLoss
 from dcl_dist.models.head import Classifier, ClassifierHead
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.phases.feed import ft_feed
-from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.outputs import finish, record_base
 from dcl_dist.phases.start import load_start, report_trainable, resolve_max_length, seed_everything, start_engine
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def run(ctx: PhaseContext) -> dict:
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, model.encoder.backbone))
     feed = ft_feed(ctx, tokenize)
     model_engine = start_engine(ctx, phase, model, model.encoder.hidden_size, feed.steps_per_epoch)
+    record_base(ctx, phase, model_engine.module.encoder, tokenize)
     loss_fn = ClassificationLoss()
 
     def step_loss(model_engine, batch):

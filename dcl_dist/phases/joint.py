@@ -20,7 +20,7 @@ from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.phases.contrastive import contrastive_evaluator, contrastive_loss
 from dcl_dist.phases.feed import contrastive_feed
-from dcl_dist.phases.outputs import finish
+from dcl_dist.phases.outputs import finish, record_base
 from dcl_dist.phases.start import (
     load_start,
     report_trainable,
@@ -88,6 +88,7 @@ def run(ctx: PhaseContext) -> dict:
     tokenize = Tokenize(tokenizer, resolve_max_length(cfg, tokenizer, encoder.backbone))
     feed, correction = contrastive_feed(ctx, phase, tokenize, with_dae=True)
     model_engine = start_engine(ctx, phase, model, encoder.hidden_size, feed.steps_per_epoch)
+    record_base(ctx, phase, model_engine.module.encoder, tokenize)
 
     n_levels = len(ctx.splits.label_names)
     evaluate = contrastive_evaluator(ctx, phase, model_engine.module.encoder, tokenize, n_levels)

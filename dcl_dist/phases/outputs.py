@@ -1,4 +1,6 @@
-"""The end of every phase: the truncation note, the embedding report, and the artifact with its lineage."""
+"""The end of every phase: the truncation note, the embedding report, and the artifact with its lineage, its data
+and its settings (what its model card says); and, at the start of a variant's first phase, the base encoder's
+embedding report, so that the run report shows where the clusters start."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import Any
 import torch
 
 from dcl_dist import dist, engine
+from dcl_dist.config import to_dict
 from dcl_dist.data.batching import Tokenize
+from dcl_dist.data.splits import class_counts
 from dcl_dist.errors import TrainingError
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.loop import LoopState
@@ -19,6 +23,7 @@ from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.monitor import log_embeddings
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.phases.start import adapter_chain, phase_adapter, uses_lora
+from dcl_dist.rundir import BASE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,8 @@ def finish(
     `encoder` and `head` are the engine's own modules (model_engine.module or parts of it); every rank calls it.
     """
     truncation_note(tokenize, phase)
-    metrics = {**metrics, "embedding": embedding_report(ctx, phase, encoder, tokenize, state.step)}
+    embedding = embedding_report(ctx, phase, encoder, tokenize, state.step)
+    metrics = {**metrics, "embedding": embedding, "training": {"seconds": state.seconds, "samples": state.samples}}
     save_artifact(ctx, phase, model_engine, encoder, tokenizer, tokenize.max_length, {"metrics": metrics}, head)
     return metrics
 
@@ -56,23 +62,43 @@ def truncation_note(tokenize: Tokenize, phase: str) -> None:
         )
 
 
-def embedding_report(ctx: PhaseContext, phase: str, encoder: torch.nn.Module, tokenize: Tokenize, step: int) -> dict:
+def embedding_report(
+    ctx: PhaseContext, phase: str, encoder: SentenceEncoder, tokenize: Tokenize, step: int, base: bool = False
+) -> dict:
     """What the phase did to the representation: silhouette by class and kNN accuracy of the encoder output on
-    validation, logged to TensorBoard with the embeddings themselves (projector); every rank calls it."""
+    validation, logged to TensorBoard with the embeddings themselves (projector); every rank calls it.
+
+    base: the base encoder instead (the pooled backbone, before any Dense layer the phase added), recorded as BASE.
+    """
     validation = ctx.splits.validation
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
         diagnostics, vectors = encoder_diagnostics(
-            encoder, tokenize, validation.texts, validation.labels, ctx.eval_batch_size(phase)
+            (lambda ids, mask: encoder(ids, mask, depth=0)) if base else encoder,
+            tokenize,
+            validation.texts,
+            validation.labels,
+            ctx.eval_batch_size(phase),
         )
     encoder.train(was_training)
     point_class_names = [ctx.splits.class_names[i] for i in validation.labels]
-    log_embeddings(ctx.phase_dir(phase), ctx.cfg, step, vectors, point_class_names, diagnostics)
+    name, tensorboard = (BASE, ctx.run_dir.base_tensorboard) if base else (phase, ctx.phase_dir(phase).tensorboard)
+    log_embeddings(tensorboard, name, ctx.cfg, step, vectors, point_class_names, diagnostics)
     if dist.is_main():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in diagnostics.items())
-        log.info("%s: validation embeddings by class: %s", phase, shown)
+        log.info("%s: validation embeddings by class: %s", "base encoder" if base else phase, shown)
     return diagnostics
+
+
+def record_base(ctx: PhaseContext, phase: str, encoder: SentenceEncoder, tokenize: Tokenize) -> None:
+    """At the start of the variant's first phase, before it trains: the base encoder's embedding report (once per
+    run directory; a resumed phase finds it recorded). Every rank calls it, with the engine's encoder."""
+    if ctx.lineage:
+        return
+    recorded = dist.broadcast_object(ctx.run_dir.base_tensorboard.is_dir() if dist.is_main() else None)
+    if not recorded:
+        embedding_report(ctx, phase, encoder, tokenize, 0, base=True)
 
 
 def save_artifact(
@@ -93,6 +119,8 @@ def save_artifact(
         "base_model": ctx.cfg.model.name_or_path,
         "started_from": ctx.source,
         "class_names": ctx.splits.class_names,
+        "data": data_record(ctx, meta.get("metrics", {})),
+        "config": to_dict(ctx.cfg),
     }
     failure: OSError | None = None
     with engine.full_parameters(model_engine.module):
@@ -135,3 +163,31 @@ def _chain_record(ctx: PhaseContext, phase: str, adapter: lora.Adapter) -> dict:
         "phases": [*earlier, phase],
         "merge_between_phases": ctx.cfg.lora.merge_between_phases,
     }
+
+
+def data_record(ctx: PhaseContext, metrics: dict) -> dict:
+    """What an artifact was trained on: the splits' sources and sizes, train's class counts, and the imbalance
+    correction (this phase's, or the one an earlier phase of its lineage applied)."""
+    cfg, splits = ctx.cfg, ctx.splits
+    if splits.stream is not None:
+        counts = splits.stream.class_counts
+    else:
+        counts = class_counts(splits.train.levels, len(splits.class_names))
+    record = {
+        "train": cfg.data.train,
+        "validation": cfg.data.validation,
+        "validation_from_train": splits.validation_from_train,
+        "test": cfg.data.test,
+        "sizes": {
+            "train": sum(counts),
+            "validation": len(splits.validation),
+            "test": len(splits.test) if splits.test is not None else 0,
+        },
+        "class_counts": dict(zip(splits.class_names, counts)),
+    }
+    correction = metrics.get("imbalance_correction")
+    if correction is None and ctx.lineage:
+        correction = read_meta(Path(ctx.source)).get("data", {}).get("imbalance_correction")
+    if correction is not None:
+        record["imbalance_correction"] = correction
+    return record

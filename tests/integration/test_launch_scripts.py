@@ -179,6 +179,7 @@ def test_two_nodes_each_started_with_node_rank(tiny_model, small_data, tmp_path)
         "--hostfile",
         str(hostfile),
         *short_run(tiny_model, small_data, run_dir),
+        "checkpoint.keep_finished=true",  # the test reads the finished phase's checkpoint
     ]
     cluster = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     base = {k: v for k, v in env().items() if k not in NO_CLUSTER}

@@ -46,6 +46,7 @@ def command(module: str, model: Path, data: Path, run_dir: Path) -> list[str]:
         "dae.log_every_steps=1",
         f"checkpoint.every_steps={EVERY}",
         "checkpoint.keep_last=2",
+        "checkpoint.keep_finished=true",  # the test reads the finished phase's checkpoints
     ]
 
 

@@ -50,6 +50,7 @@ def _train_dae(model_dir: str, train: str, run_dir: str) -> list[list[int]]:
             "dae.log_every_steps=1",
             "dae.lr=1e-3",
             f"checkpoint.every_steps={SAVED_AT}",
+            "checkpoint.keep_finished=true",  # the resumed copies start from the finished run's checkpoints
         ),
     )
     run_variant(cfg, only_phase="dae")
