@@ -22,6 +22,7 @@ from torch import nn
 
 from dcl_dist.config.schema import LoraConfig
 from dcl_dist.errors import ConfigError, ModelError
+from dcl_dist.models.files import json_problem, weights_problem
 
 ADAPTER_NAME = "default"
 """peft's name for the one adapter a backbone carries."""
@@ -253,7 +254,11 @@ def write_adapter(folder: Path, adapter: Adapter) -> None:
 
 
 def read_adapter(folder: Path) -> Adapter:
-    """An adapter folder (ours or any peft LoRA folder) back as config and weights."""
+    """An adapter folder (ours or any peft LoRA folder) back as config and weights; a damaged or missing file is a
+    ModelError that names it."""
+    problem = json_problem(Path(folder) / ADAPTER_CONFIG) or weights_problem(Path(folder) / ADAPTER_WEIGHTS)
+    if problem:
+        raise ModelError(f"{problem}: the adapter folder is incomplete or damaged: copy it again or export it again")
     config = peft.LoraConfig.from_pretrained(str(folder))
     weights = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
     return Adapter(config, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})

@@ -197,7 +197,7 @@ ARTIFACT_CASES = {
     ),
     "predict: model folder with a missing weights file": (
         lambda t, r: ["predict", "--model", str(without(r, t, "head/model.safetensors")), "--input", "x.txt"],
-        ["missing head/model.safetensors: the folder is incomplete"],
+        ["head/model.safetensors is missing", "the folder is incomplete or damaged"],
     ),
     "evaluate: model folder without its config": (
         lambda t, r: [
@@ -207,7 +207,7 @@ ARTIFACT_CASES = {
             "--data",
             write(t / "d.jsonl", jsonl(rows(2))),
         ],
-        ["missing config.json"],
+        ["copied/config.json is missing"],
     ),
     "export: not a run directory": (
         lambda t, r: ["export", "--run", str(t), "--to", "merged"],
