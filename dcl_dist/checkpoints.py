@@ -210,9 +210,10 @@ def read_info(path: Path) -> dict:
     return json.loads((path / COMPLETE_MARKER).read_text())
 
 
-def damage(path: Path, world_size: int) -> str | None:
+def damage(path: Path, world_size: int, rank_state: bool = True) -> str | None:
     """Why this rank cannot resume from checkpoint `path` on `world_size` ranks, or None: complete.json, the
-    files DeepSpeed will read on this rank (each listed with its size when written), this rank's own state."""
+    files DeepSpeed will read on this rank (each listed with its size when written), this rank's own state
+    (rank_state False: weights only, as phase ft's best weights are read)."""
     marker = path / COMPLETE_MARKER
     problem = json_problem(marker)
     if problem:
@@ -230,6 +231,8 @@ def damage(path: Path, world_size: int) -> str | None:
         if not same_world and rank == 0:
             mine = {name: size for sizes in files.values() for name, size in sizes.items()}
         for name, size in mine.items():
+            if not rank_state and name.startswith("rank"):
+                continue
             problem = _file_problem(path / name, size)
             if problem:
                 return problem
@@ -238,7 +241,7 @@ def damage(path: Path, world_size: int) -> str | None:
             problem = torch_archive_problem(file)
             if problem:
                 return problem
-    if same_world:
+    if same_world and rank_state:
         try:
             load_rank_state(path)
         except ValueError as e:

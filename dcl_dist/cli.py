@@ -20,8 +20,9 @@ import os
 import sys
 from pathlib import Path
 
+# only light imports here: main() installs the stop handlers first, so that a Ctrl-C during the heavy imports
+# (config, torch, transformers) ends in one message too
 from dcl_dist import interrupt
-from dcl_dist.config import load_config
 from dcl_dist.errors import DclDistError, Interrupted
 from dcl_dist.rundir import RunDir
 
@@ -64,6 +65,8 @@ def _print_summary(metrics: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dcl_dist.config import load_config
+
     cfg = load_config(args.config, args.overrides)  # before the heavy imports: a typo fails in a second
     from dcl_dist import dist
     from dcl_dist.pipeline import run_variant
@@ -168,7 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dcl_dist.config import dump_yaml
+    from dcl_dist.config import dump_yaml, load_config
     from dcl_dist.data.batch_plan import accumulation_steps, check_world
 
     cfg = load_config(args.config, args.overrides)

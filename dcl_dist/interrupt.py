@@ -16,7 +16,6 @@ import logging
 import signal
 from collections.abc import Iterator
 
-from dcl_dist import dist
 from dcl_dist.errors import Interrupted
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,8 @@ def requested() -> str | None:
 def check_between_batches() -> None:
     """Where every rank stands between two evaluation batches: EvaluationStopped on every rank if any has a
     request (one reduction across ranks, and only while the stop signals are ours)."""
+    from dcl_dist import dist  # here: the command line installs the handlers before torch is imported
+
     if _installed and dist.any_true(_received is not None):
         why = f"on {_received}" if _received else "on a stop request that another rank received"
         raise EvaluationStopped(f"stopped {why} during an evaluation: run the same command again to resume")
@@ -71,6 +72,8 @@ def _on_signal(signum: int, frame: object) -> None:
         _received = name
         if _at_once:
             raise StopNow(name)
+        from dcl_dist import dist
+
         if dist.is_main():
             log.warning(
                 "%s received: stopping after this step with a checkpoint (Ctrl-C again aborts without one)", name

@@ -87,19 +87,19 @@ def find(phase_dir: PhaseDir, world_size: int) -> Resume | None:
             return Resume(path, checkpoints.read_info(path), world_size)
         damaged.append((path, problem))
     if damaged:
-        newest, why = damaged[0]
+        folder = phase_dir.checkpoints
         raise TrainingError(
-            f"{why}: phase {phase_dir.name} has no other complete checkpoint to resume from. Restore the file, or move"
-            f" {newest} away (e.g. to {newest.with_name(checkpoints.DAMAGED_PREFIX + newest.name)}) and run the same"
-            f" command to train phase {phase_dir.name} from its start"
+            f"{damaged[0][1]}: phase {phase_dir.name} has no other complete checkpoint to resume from. Restore the"
+            f" file, or move {folder} away (e.g. to {folder}.damaged) and run the same command to train phase"
+            f" {phase_dir.name} from its start"
         )
     check_best(checkpoints.latest(phase_dir.best))
     return None
 
 
-def agreed_damage(path: Path, world_size: int) -> str | None:
+def agreed_damage(path: Path, world_size: int, rank_state: bool = True) -> str | None:
     """checkpoints.damage on every rank, gathered: the first rank's problem, or None when every rank can read it."""
-    problems = dist.all_gather_object(checkpoints.damage(path, world_size))
+    problems = dist.all_gather_object(checkpoints.damage(path, world_size, rank_state))
     return next((p for p in problems if p is not None), None)
 
 
@@ -108,7 +108,7 @@ def check_best(best: Path | None) -> None:
     the file when they cannot be read."""
     if best is None:
         return
-    problem = agreed_damage(best, -1)  # only the files DeepSpeed reads: no rank state is restored from it
+    problem = agreed_damage(best, -1, rank_state=False)  # rank 0 checks the weights; no rank state is read
     if problem is not None:
         raise TrainingError(
             f"{problem}: the best weights of phase {best.parent.parent.name} cannot be read, and no earlier ones are"

@@ -54,11 +54,11 @@ def _acquire(run_dir: RunDir) -> tuple[int | None, str | None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _holder(fd)
+        holder, stop = _holder(fd)
         os.close(fd)
         return None, (
             f"run.dir {run_dir.root} is in use by another dcl-dist run ({holder}): wait for it to end, or stop it"
-            " (kill -TERM <pid> on its host writes a checkpoint), or choose another run.dir"
+            f" ({stop} writes a checkpoint), or choose another run.dir"
         )
     except OSError as e:
         if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
@@ -76,10 +76,11 @@ def _acquire(run_dir: RunDir) -> tuple[int | None, str | None]:
     return fd, None
 
 
-def _holder(fd: int) -> str:
-    """Who holds the lock, as its file says."""
+def _holder(fd: int) -> tuple[str, str]:
+    """(who holds the lock, as its file says; how to stop it)."""
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode())
-        return f"host {info['host']}, pid {info['pid']}, since {info['since']}: {info['command']}"
+        holder = f"host {info['host']}, pid {info['pid']}, since {info['since']}: {info['command']}"
+        return holder, f"kill -TERM {info['pid']} on {info['host']}"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return "its details are not written yet"
+        return "its details are not written yet", "kill -TERM <its pid>"
