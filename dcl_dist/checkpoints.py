@@ -200,6 +200,12 @@ def list_complete(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def list_folders(root: Path) -> list[Path]:
+    """Every checkpoint folder under root, oldest first, complete.json or not (one without it was damaged: a save
+    makes the folder visible only once complete.json is in it)."""
+    return sorted((p for p in root.glob(CHECKPOINT_PREFIX + "*") if p.is_dir()), key=lambda p: p.name)
+
+
 def latest(root: Path) -> Path | None:
     found = list_complete(root)
     return found[-1] if found else None

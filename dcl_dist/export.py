@@ -51,8 +51,10 @@ def phase_artifact(run_dir: RunDir, phase: str | None = None) -> Path:
     for name in candidates:
         if is_complete(run_dir.phase(name).artifact):
             return run_dir.phase(name).artifact
+    artifact = run_dir.phase(candidates[0]).artifact
     raise ModelError(
-        f"{run_dir.root}: phase {candidates[0]} has no finished artifact: train it first (dcl-dist train ... --phase)"
+        f"{run_dir.root}: phase {candidates[0]} has no finished artifact ({artifact} has no {META_FILE}): train it"
+        " first (dcl-dist train ... --phase), or run the same train command to write it from its last checkpoint"
     )
 
 

@@ -74,7 +74,7 @@ def find(phase_dir: PhaseDir, world_size: int) -> Resume | None:
     Newest first, the first checkpoint that every rank can read; damaged newer ones are set aside. The best
     weights of phase ft (best/) are checked too: a damaged one stops the phase here rather than at its end.
     """
-    found = dist.broadcast_object(checkpoints.list_complete(phase_dir.checkpoints) if dist.is_main() else None)
+    found = dist.broadcast_object(checkpoints.list_folders(phase_dir.checkpoints) if dist.is_main() else None)
     damaged: list[tuple[Path, str]] = []
     for path in reversed(found):
         problem = agreed_damage(path, world_size)
