@@ -56,6 +56,8 @@ def expand_paths(source: str) -> list[Path]:
     pattern = os.path.expanduser(source)
     paths = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else [Path(pattern)]
     missing = [p for p in paths if not p.is_file()]
+    if missing and missing[0].is_dir():
+        raise DataError(f"{missing[0]} is a folder: give a file, or a glob of its files such as {missing[0]}/*.jsonl")
     if not paths or missing:
         shown = missing[0] if missing else pattern
         raise DataError(f"{shown}: no such file (looked from {os.getcwd()}): fix the path")
@@ -172,6 +174,11 @@ def read_hub(source: str, default_split: str, streaming: bool = False) -> Iterat
     try:
         dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as e:  # the hub client raises many types: network, missing split, missing config
+        if Path(name).expanduser().is_dir():
+            raise DataError(
+                f"{source} is a local folder, which the datasets library could not read as a dataset"
+                f" ({type(e).__name__}: {e}): give a file, or a glob of its files such as {name}/*.jsonl"
+            ) from None
         raise DataError(
             f"hub dataset '{source}' (split {split}): {type(e).__name__}: {e}. Check the name, the config after ':'"
             " and the split after '@'; offline, use a local file instead"
