@@ -145,3 +145,15 @@ def test_a_run_of_another_config_leaves_the_run_directorys_config_alone(tmp_path
     with pytest.raises(ConfigError, match="ft was trained with other settings"):
         run_variant(cfg)
     assert (run / "config.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", '"a string"', '{"key": {"k": 1}, "train": 5}', "\x00\xff"])
+def test_a_damaged_stream_counts_file_is_counted_again_never_a_traceback(tmp_path, text):
+    from dcl_dist.data.streaming.counting import _read_counts
+
+    path = tmp_path / "stream_counts.json"
+    path.write_bytes(text.encode("latin-1"))  # the last: bytes that are not UTF-8
+    assert _read_counts(path, {"k": 1}) is None
+    path.write_text(json.dumps({"key": {"k": 1}, "train": [[["a", "b"], [3, 4]]], "unlabelled": 7}))
+    assert _read_counts(path, {"k": 1}) == {"train": [(["a", "b"], [3, 4])], "unlabelled": 7}
+    assert _read_counts(path, {"k": 2}) is None

@@ -163,12 +163,18 @@ def _fingerprint(cfg: Config) -> dict:
 
 
 def _read_counts(path: Path, key: dict) -> dict | None:
+    """The saved counts, or None when there are none for these sources, or the file is damaged (a cache: the
+    stream is counted again, and the file written whole again)."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if saved.pop("key", None) != key:
+    if not isinstance(saved, dict) or saved.pop("key", None) != key:
         return None
     if "train" in saved:
-        saved["train"] = [(list(names), list(counts)) for names, counts in saved["train"]]
+        try:
+            saved["train"] = [(list(names), list(counts)) for names, counts in saved["train"]]
+        except (TypeError, ValueError):
+            log.warning("%s is damaged (its train counts cannot be read): counting the stream again", path)
+            return None
     return saved
