@@ -22,8 +22,8 @@ from dcl_dist.atomic import write_text
 from dcl_dist.config import Config, dump_yaml, to_dict
 from dcl_dist.data.batch_plan import check_world
 from dcl_dist.data.splits import Splits, load_splits
-from dcl_dist.errors import ConfigError, DataError
-from dcl_dist.models.artifact import is_complete, read_meta
+from dcl_dist.errors import ConfigError, DataError, ModelError
+from dcl_dist.models.artifact import DAMAGED_FIX, artifact_problems, is_complete, read_meta
 from dcl_dist.phases import cl, dae, ft, joint
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.rundir import PhaseDir, RunDir
@@ -200,7 +200,7 @@ def check_run_dir(cfg: Config, run_dir: RunDir, phases: tuple[str, ...]) -> dict
     config.yaml is rewritten); returns what identifies each phase's inputs now (rank 0 reads the files)."""
     for phase in phases:
         check_settings(run_dir.phase(phase), phase_settings(cfg, cfg.phases(), phase), run_dir)
-    problem, now = None, {}
+    problem, damaged, now = None, None, {}
     if dist.is_main():
         try:
             now = {phase: inputs.identify(inputs.phase_inputs(cfg, phase)) for phase in phases}
@@ -208,10 +208,32 @@ def check_run_dir(cfg: Config, run_dir: RunDir, phases: tuple[str, ...]) -> dict
                 _check_inputs(run_dir.phase(phase), now[phase])
         except ConfigError as e:
             problem = e.problems
-    problem = dist.broadcast_object(problem)
+        damaged = next((d for phase in phases if (d := _finished_artifact_damage(run_dir.phase(phase)))), None)
+    problem, damaged = dist.broadcast_object((problem, damaged))
     if problem is not None:
         raise ConfigError(problem)
+    if damaged is not None:
+        raise ModelError(damaged)
     return now
+
+
+def _finished_artifact_damage(phase_dir: PhaseDir) -> str | None:
+    """Why a finished phase's artifact cannot be used (a damaged or missing file), or None: a skipped phase is
+    checked as a phase after it, predict or export would read it, so that the run does not end as if all were well."""
+    artifact = phase_dir.artifact
+    if not is_complete(artifact):
+        return None
+    try:
+        problems = artifact_problems(artifact, read_meta(artifact))
+    except ModelError as e:
+        problems = [str(e).removesuffix(f": {DAMAGED_FIX}")]
+    if not problems:
+        return None
+    return (
+        f"{problems[0]}: phase {phase_dir.name} finished earlier, but its artifact is damaged. Move {artifact} away"
+        f" (e.g. to {artifact}.damaged) and run the same command: the phase writes it again from its last checkpoint"
+        " (or trains again if none is kept)"
+    )
 
 
 def _check_inputs(phase_dir: PhaseDir, now: dict) -> None:

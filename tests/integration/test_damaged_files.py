@@ -260,6 +260,25 @@ def test_a_damaged_run_record(case_dir, finished, capsys, record, damage):
     assert hashes(case_dir, [case_dir / "run" / ".lock"]) == before  # not even config.yaml rewritten
 
 
+FINISHED_CASES = [c for c in ARTIFACT_CASES if c != ("dcl_dist.json", "missing")]  # without it: not finished
+
+
+@pytest.mark.parametrize(("file", "damage"), FINISHED_CASES, ids=[f"{f}-{d}" for f, d in FINISHED_CASES])
+def test_a_finished_phase_with_a_damaged_artifact_is_not_skipped_as_if_all_were_well(
+    case_dir, finished, capsys, file, damage
+):
+    """train skips a finished phase without loading its artifact: the files are checked, and the run stops naming
+    the damaged one rather than ending with exit 0 on an artifact that predict and export cannot read."""
+    shutil.copytree(finished, case_dir / "run")
+    damaged = case_dir / "run" / "ft" / "artifact" / file
+    JSON_DAMAGES[damage](damaged)
+    before = hashes(case_dir, [])
+    code, err = run_command(["train", "--config", "config.yaml"], capsys)
+    assert_one_message(code, err, damaged)
+    assert "phase ft finished earlier, but its artifact is damaged" in err
+    assert hashes(case_dir, [case_dir / "run" / ".lock"]) == before
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Checkpoints (slow: a trained run, resumed): a damaged one is set aside and an intact one resumes, or exit 3
 

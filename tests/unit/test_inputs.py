@@ -97,8 +97,9 @@ def test_files_added_to_or_gone_from_a_glob_are_named(tmp_path):
     assert noted == []
 
 
-def test_a_changed_test_file_is_only_noted(trained, caplog):
+def test_a_changed_test_file_is_only_noted(trained, caplog, monkeypatch):
     cfg, data, _ = trained
+    monkeypatch.setattr("dcl_dist.pipeline._finished_artifact_damage", lambda phase_dir: None)  # a stand-in artifact
     write_rows(data / "test.jsonl", 9, label="b")
     run = RunDir(cfg.run.dir)
     (run.phase("ft").artifact).mkdir()
