@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from dcl_dist.config import load_config
-from dcl_dist.errors import ConfigError
+from dcl_dist.errors import ConfigError, ModelError
 from dcl_dist.models.files import (
     json_problem,
     max_positions,
@@ -129,3 +131,29 @@ def test_deepspeeds_own_refusals_name_the_file(tmp_path):
     template["zero_optimization"].pop("stagee")
     path.write_text(json.dumps(template))
     engine.check_config_file(cfg, ("dae", "ft"))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"r": "big"}, "'r' is 'big'"),
+        ({"r": 0}, "'r' is 0"),
+        ({"peft_type": "NOPE"}, "'peft_type' is 'NOPE'"),
+        ({"peft_type": None}, "'peft_type' is None"),
+        ({"base_model_name_or_path": 5}, "'base_model_name_or_path' is 5"),
+        ({"target_modules": 5}, "'target_modules' is 5"),
+        ({"lora_alpha": "x"}, "'lora_alpha' is 'x'"),
+    ],
+)
+def test_an_adapter_config_of_the_wrong_types_is_named_not_taken_as_it_comes(tmp_path, change, named):
+    from safetensors.torch import save_file
+
+    from dcl_dist.models.lora import read_adapter
+
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "base_model_name_or_path": "m", "target_modules": ["q"]}
+    save_file({"x": torch.zeros(2)}, tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ModelError, match=f"adapter_config.json is damaged: {re.escape(named)}, which no LoRA adapter"):
+        read_adapter(tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    assert read_adapter(tmp_path).config.r == 4
