@@ -5,6 +5,11 @@ DeepSpeed's universal form). It calls the engine's own methods and never imports
     <root>/.partial-step_00000120/          being written; renamed to its final name once complete
     <root>/step_00000120/universal/         the world-size-independent form, made when another world size resumes
     <root>/latest                           DeepSpeed's own pointer to the newest tag (its zero_to_fp32 reads it)
+    <root>/damaged-step_00000120/           a checkpoint found damaged, set aside (never deleted) by resume.find
+
+complete.json records every file each rank wrote, with its size, so that a checkpoint is checked before DeepSpeed
+reads it (damage): a truncated, emptied or missing file is named, and the resume falls back to an earlier one.
+Each rank's own state (rank<r>.pt: RNG streams, data position) is plain data, loaded with weights_only=True.
 """
 
 from __future__ import annotations
@@ -13,20 +18,32 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from dcl_dist import dist
 from dcl_dist.errors import CheckpointWriteError, TrainingError
+from dcl_dist.models.files import json_problem, torch_archive_problem
 
 CHECKPOINT_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"
 COMPLETE_MARKER = "complete.json"
+DAMAGED_PREFIX = "damaged-"
+"""A checkpoint that cannot be read is renamed to damaged-step_<N> (kept for a look, never deleted)."""
+LOOP_FIELDS = {"step": int, "epoch": int, "step_in_epoch": int, "finished": bool, "history": list}
+"""The fields of complete.json a resume reads, with their types."""
+RANK_STATE_GLOBALS = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+"""What torch.load(weights_only=True) may build besides plain data: numpy's uint32 arrays, for the RNG state in
+rank files written before it was stored as a tensor."""
 UNIVERSAL = "universal"
 """Sub-folder of a checkpoint that holds its world-size-independent form, made when another world size resumes it."""
 
@@ -64,15 +81,18 @@ def save(model_engine, root: Path, step: int, state: dict, rank_state: dict, kee
     except OSError as e:
         failure = e
     if not dist.any_true(failure is not None):
-        with _recording_write_errors(model_engine) as errors:
+        with _recording_write_errors(model_engine) as (errors, written):
             # a rank whose write fails goes on through DeepSpeed's own collectives (raising there would leave the
             # other ranks waiting in them); the ranks agree on the outcome below
             model_engine.save_checkpoint(str(root), tag=partial_tag, save_latest=False)
         failure = errors[0] if errors else None
+        rank_file = partial / f"rank{dist.rank()}.pt"
         try:
-            torch.save(rank_state, partial / f"rank{dist.rank()}.pt")
+            torch.save(_plain(rank_state), rank_file)
         except OSError as e:
             failure = failure or e
+        files = dist.all_gather_object(_sizes(partial, [*written, rank_file]) if failure is None else {})
+        state = {**state, "files": {str(r): sizes for r, sizes in enumerate(files)}}
     if not dist.any_true(failure is not None) and dist.is_main():
         try:
             _publish(model_engine, root, partial, final, tag, state)
@@ -92,13 +112,16 @@ def save(model_engine, root: Path, step: int, state: dict, rank_state: dict, kee
 
 
 @contextlib.contextmanager
-def _recording_write_errors(model_engine) -> Iterator[list[OSError]]:
-    """Within the block, a file write of DeepSpeed's checkpoint engine that fails is recorded, not raised."""
+def _recording_write_errors(model_engine) -> Iterator[tuple[list[OSError], list[Path]]]:
+    """Within the block, a file write of DeepSpeed's checkpoint engine that fails is recorded, not raised; the
+    files it writes are listed."""
     errors: list[OSError] = []
+    written: list[Path] = []
     writer = model_engine.checkpoint_engine
     write = writer.save
 
     def recording_save(state_dict, path):
+        written.append(Path(path))
         try:
             return write(state_dict, path)
         except OSError as e:
@@ -106,9 +129,25 @@ def _recording_write_errors(model_engine) -> Iterator[list[OSError]]:
 
     writer.save = recording_save
     try:
-        yield errors
+        yield errors, written
     finally:
         del writer.save  # back to the class's method
+
+
+def _sizes(folder: Path, files: list[Path]) -> dict[str, int]:
+    """{name inside folder: size} of the files this rank wrote (its own view: they are closed, and its own)."""
+    return {str(f.relative_to(folder)): f.stat().st_size for f in files}
+
+
+def _plain(value: Any) -> Any:
+    """The rank state as plain data that torch.load(weights_only=True) reads: named tuples become tuples."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _publish(model_engine, root: Path, partial: Path, final: Path, tag: str, state: dict) -> None:
@@ -161,6 +200,12 @@ def list_complete(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def list_folders(root: Path) -> list[Path]:
+    """Every checkpoint folder under root, oldest first, complete.json or not (one without it was damaged: a save
+    makes the folder visible only once complete.json is in it)."""
+    return sorted((p for p in root.glob(CHECKPOINT_PREFIX + "*") if p.is_dir()), key=lambda p: p.name)
+
+
 def latest(root: Path) -> Path | None:
     found = list_complete(root)
     return found[-1] if found else None
@@ -169,6 +214,83 @@ def latest(root: Path) -> Path | None:
 def read_info(path: Path) -> dict:
     """What complete.json records: the loop state, and the world size, ZeRO stage and global batch that wrote it."""
     return json.loads((path / COMPLETE_MARKER).read_text())
+
+
+def damage(path: Path, world_size: int, rank_state: bool = True) -> str | None:
+    """Why this rank cannot resume from checkpoint `path` on `world_size` ranks, or None: complete.json, the
+    files DeepSpeed will read on this rank (each listed with its size when written), this rank's own state
+    (rank_state False: weights only, as phase ft's best weights are read)."""
+    marker = path / COMPLETE_MARKER
+    problem = json_problem(marker)
+    if problem:
+        return problem
+    info = read_info(path)
+    for key, kind in LOOP_FIELDS.items():
+        if not isinstance(info.get(key), kind) or (kind is int and isinstance(info.get(key), bool)):
+            return f"{marker} is damaged: '{key}' is {info.get(key)!r}, not {kind.__name__}"
+    same_world = info.get("world_size") == world_size
+    rank = dist.rank()
+    files = info.get("files")
+    if isinstance(files, dict):
+        # the shared files (rank 0's) and this rank's own; on another world size rank 0 converts them all
+        mine = {**files.get("0", {}), **files.get(str(rank), {})} if same_world else {}
+        if not same_world and rank == 0:
+            mine = {name: size for sizes in files.values() for name, size in sizes.items()}
+        for name, size in mine.items():
+            if not rank_state and name.startswith("rank"):
+                continue
+            problem = _file_problem(path / name, size)
+            if problem:
+                return problem
+    else:  # written before the record: every torch file must at least be a complete archive
+        for file in sorted(path.glob("*.pt")) if rank == 0 else []:
+            problem = torch_archive_problem(file)
+            if problem:
+                return problem
+    if same_world and rank_state:
+        try:
+            load_rank_state(path)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+def _file_problem(file: Path, size: int) -> str | None:
+    if not file.is_file():
+        return f"{file} is missing"
+    now = file.stat().st_size
+    if now != size:
+        return f"{file} is damaged: {now} bytes, {size} when it was written" + (" (truncated)" if now < size else "")
+    return torch_archive_problem(file) if file.suffix == ".pt" else None
+
+
+def load_rank_state(path: Path) -> dict:
+    """This rank's own state (RNG streams, data position) in checkpoint `path`; a ValueError naming the file when
+    it is missing, damaged or holds anything but plain data (weights_only=True: it is never trusted to run code)."""
+    file = path / f"rank{dist.rank()}.pt"
+    if not file.is_file():
+        raise ValueError(f"{file} is missing")
+    try:
+        with torch.serialization.safe_globals(RANK_STATE_GLOBALS):
+            return torch.load(file, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{file} is damaged or not plain data ({first})") from None
+
+
+def set_aside(path: Path) -> Path:
+    """Rank 0 renames a damaged checkpoint to damaged-<its name> (never deletes it); every rank gets the new path."""
+    moved = None
+    if dist.is_main():
+        moved = path.with_name(DAMAGED_PREFIX + path.name)
+        n = 1
+        while moved.exists():
+            n += 1
+            moved = path.with_name(f"{DAMAGED_PREFIX}{path.name}-{n}")
+        os.replace(path, moved)
+    moved = dist.broadcast_object(moved)
+    dist.barrier()
+    return moved
 
 
 def load(model_engine, path: Path, same_world: bool) -> dict | None:
@@ -182,8 +304,12 @@ def load(model_engine, path: Path, same_world: bool) -> dict | None:
         _load_native(model_engine, path, load_optimizer=True)
     else:
         _load_universal(model_engine, path)
-    rank_file = path / f"rank{dist.rank()}.pt"
-    return torch.load(rank_file, weights_only=False) if same_world and rank_file.is_file() else None
+    if not same_world:
+        return None
+    try:
+        return load_rank_state(path)
+    except ValueError as e:  # resume.find checked it: it was damaged since
+        raise TrainingError(f"{e}: run the same command again to resume from the checkpoint before it") from None
 
 
 def load_weights(model_engine, path: Path) -> None:
@@ -192,13 +318,27 @@ def load_weights(model_engine, path: Path) -> None:
 
 
 def _load_native(model_engine, path: Path, load_optimizer: bool) -> None:
-    model_engine.load_checkpoint(
-        str(path.parent),
-        tag=path.name,
-        load_module_strict=True,
-        load_optimizer_states=load_optimizer,
-        load_lr_scheduler_states=load_optimizer,
-    )
+    with _reading(path):
+        model_engine.load_checkpoint(
+            str(path.parent),
+            tag=path.name,
+            load_module_strict=True,
+            load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=load_optimizer,
+        )
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """DeepSpeed's error on a checkpoint that passed damage() (a file damaged inside, or since) as one message."""
+    try:
+        yield
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, FileNotFoundError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise TrainingError(
+            f"checkpoint {path} could not be read ({type(e).__name__}: {first}): move it away (mv {path}"
+            f" {path.with_name(DAMAGED_PREFIX + path.name)}) and run the same command to resume from the one before"
+        ) from None
 
 
 def _load_universal(model_engine, path: Path) -> None:
@@ -208,9 +348,10 @@ def _load_universal(model_engine, path: Path) -> None:
     # the same engine later loads native checkpoints (ft's best weights)
     model_engine._config.load_universal_checkpoint = True
     try:
-        model_engine.load_checkpoint(
-            str(path), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        with _reading(path):
+            model_engine.load_checkpoint(
+                str(path), tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
     finally:
         model_engine._config.load_universal_checkpoint = False
     _repair_zero3_universal_load(model_engine, groups)

@@ -7,23 +7,32 @@ dcl-dist report runs/x                                       # runs/x/report/rep
 dcl-dist evaluate --model runs/x/ft/artifact --data test.jsonl
 dcl-dist predict --model runs/x/ft/artifact --input texts.txt --output predictions.jsonl
 dcl-dist export --run runs/x --to adapter|merged|sentence-transformers [--out DIR]
+
+No command replaces a file or folder you have unless you say --overwrite, and then only once the new one is
+complete: outputs are written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from dcl_dist import logs
-from dcl_dist.config import load_config
+# only light imports here: main() installs the stop handlers first, so that a Ctrl-C during the heavy imports
+# (config, torch, transformers) ends in one message too
+from dcl_dist import interrupt, logs
 from dcl_dist.errors import DclDistError, Interrupted
 from dcl_dist.rundir import RunDir
 
 log = logging.getLogger("dcl_dist")
+
+ABORTED_EXIT_CODE = 130
+"""A second Ctrl-C: aborted without a checkpoint (128 + SIGINT, as a shell reports it)."""
 
 
 def _rank() -> int:
@@ -61,15 +70,18 @@ def _print_summary(metrics: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    from dcl_dist.config import load_config
+
     cfg = load_config(args.config, args.overrides)  # before the heavy imports: a typo fails in a second
-    from dcl_dist import dist, interrupt
+    from dcl_dist import dist
     from dcl_dist.pipeline import run_variant
 
     if _rank() == 0:
         logs.log_device()
     try:
-        with interrupt.stop_on_signals():
-            metrics = run_variant(cfg, args.phase)
+        dist.init()
+        interrupt.set_at_once(dist.world_size() == 1)
+        metrics = run_variant(cfg, args.phase)
     finally:
         dist.shutdown()
     if _rank() == 0:
@@ -140,45 +152,68 @@ def _texts_and_labels(path: str, text_field: str, label_field: str | None):
     return texts, ([r[0] for r in raw] if raw is not None else None)
 
 
+def output_file(path: str | None, overwrite: bool, inputs: list[str]) -> Path | None:
+    """The --output file, checked before anything loads: never an input, in a folder that exists and is writable;
+    an existing file only with --overwrite (it is replaced once the new result is complete: atomic.py)."""
+    if path is None:
+        return None
+    out = Path(path)
+    if any(out.resolve() == Path(i).resolve() for i in inputs):
+        raise DclDistError(f"--output {out} is the input file: write to another file")
+    if out.is_dir():
+        raise DclDistError(f"--output {out} is a folder: give a file name")
+    if not out.resolve().parent.is_dir():
+        raise DclDistError(f"--output {out}: the folder {out.resolve().parent} does not exist: create it first")
+    if not os.access(out.resolve().parent, os.W_OK):
+        raise DclDistError(f"--output {out}: the folder {out.resolve().parent} is not writable: choose another")
+    if out.exists() and not overwrite:
+        raise DclDistError(
+            f"--output {out} exists: add --overwrite to replace it (only once the new result is complete), or choose"
+            " another file"
+        )
+    return out
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dcl_dist.atomic import write_text
     from dcl_dist.inference import Predictor
 
     model = Path(args.model) if args.model else RunDir(args.run).phase("ft").artifact
+    out = output_file(args.output, args.overwrite, [args.data])
     texts, labels = _texts_and_labels(args.data, args.text_field, args.label_field)  # a bad file fails first
     predictor = Predictor.load(model)
-    metrics = predictor.evaluate(texts, [str(x) for x in labels], args.batch_size)
+    metrics = predictor.evaluate(texts, [str(x) for x in labels], args.batch_size, source=args.data)
     print_report(metrics)
     _print_summary({"test": metrics})
-    if args.output:
-        Path(args.output).write_text(json.dumps(metrics, indent=2))
+    if out is not None:
+        write_text(out, json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from dcl_dist.atomic import open_for_writing
     from dcl_dist.inference import Predictor
 
+    out = output_file(args.output, args.overwrite, [args.input])
     texts, _ = _texts_and_labels(args.input, args.text_field, None)  # a bad file fails before the model loads
     predictor = Predictor.load(Path(args.model))
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for text, (label, proba) in zip(texts, predictor.predict(texts, args.batch_size)):
-            out.write(json.dumps({"text": text, "label": label, "probabilities": proba}, ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    predictions = predictor.predict(texts, args.batch_size)
+    with open_for_writing(out) if out is not None else contextlib.nullcontext(sys.stdout) as f:
+        for text, (label, proba) in zip(texts, predictions):
+            f.write(json.dumps({"text": text, "label": label, "probabilities": proba}, ensure_ascii=False) + "\n")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from dcl_dist.export import export
 
-    out = export(Path(args.run), args.to, Path(args.out) if args.out else None, args.phase)
+    out = export(Path(args.run), args.to, Path(args.out) if args.out else None, args.phase, args.overwrite)
     print(f"{args.to}: {out}")
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dcl_dist.config import dump_yaml
+    from dcl_dist.config import dump_yaml, load_config
     from dcl_dist.data.batch_plan import accumulation_steps, check_world
 
     cfg = load_config(args.config, args.overrides)
@@ -207,6 +242,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
             continue
         print(f"{key}  ({type_name(hint)}, default {default!r})\n    {doc}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="jsonl / csv / tsv / parquet file with texts and labels")
     evaluate.add_argument("--text-field", default="text")
     evaluate.add_argument("--label-field", default="label")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument("--output", help="also write the metrics as JSON here")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="labels and class probabilities for new texts")
@@ -250,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--input", required=True, help="jsonl / csv (text field) or .txt (one text per line)")
     predict.add_argument("--output", help="jsonl to write (default: standard output)")
+    predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--text-field", default="text")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser(
@@ -266,12 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
         " adapters merged in; sentence-transformers: the same folder, for SentenceTransformer(...)",
     )
     export.add_argument("--out", help="folder to write (default: <run>/export/<form>)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it is not an earlier export of this form"
+    )
     export.add_argument("--phase", choices=["dae", "cl", "ft", "joint"], help="export this phase (default: the last)")
     export.set_defaults(func=cmd_export)
 
     plan = sub.add_parser("plan", help="print the resolved config and each phase's batch arithmetic")
     plan.add_argument("--config", required=True)
-    plan.add_argument("--world-sizes", type=int, nargs="+", default=[1, 8])
+    plan.add_argument("--world-sizes", type=positive_int, nargs="+", default=[1, 8])
     plan.add_argument("overrides", nargs="*")
     plan.set_defaults(func=cmd_plan)
 
@@ -286,10 +337,26 @@ def main(argv: list[str] | None = None) -> int:
     # the deepspeed launcher appends --local_rank=N; the rank comes from the environment anyway
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = build_parser().parse_args(argv)
-    _setup_logging()
     try:
-        _check_versions()
-        return args.func(args)
+        with interrupt.stop_on_signals(at_once=True):  # cmd_train turns at_once off on many ranks
+            _setup_logging()
+            _check_versions()
+            return args.func(args)
+    except interrupt.StopNow as e:
+        kept = (
+            "finished phases and the last checkpoint are kept"
+            if args.command == "train"
+            else "nothing was written, and an earlier output is as it was"
+        )
+        print(f"dcl-dist: stopped on {e.signal_name}: {kept}: run the same command again", file=sys.stderr)
+        return Interrupted.exit_code
+    except KeyboardInterrupt:
+        print(
+            "dcl-dist: aborted on a second SIGINT, without a checkpoint of this step: finished phases and the last"
+            " complete checkpoint are kept: run the same command again to resume from it",
+            file=sys.stderr,
+        )
+        return ABORTED_EXIT_CODE
     except DclDistError as e:
         # a stop request is the same on every rank: one rank says so; any other error may be one rank's own
         if not isinstance(e, Interrupted) or _rank() == 0:

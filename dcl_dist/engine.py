@@ -93,6 +93,29 @@ def deepspeed_config(cfg: Config, phase: str, world_size: int, total_steps: int,
     return out
 
 
+def check_config_file(cfg: Config, phases: tuple[str, ...]) -> None:
+    """deepspeed.config_file as DeepSpeed itself reads it, for each phase, before any data or model loads: its
+    refusals (pydantic's, or a bare assert or TypeError from deep inside) become one ConfigError naming the file."""
+    if cfg.deepspeed.config_file is None:
+        return
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    for phase in phases:
+        config = deepspeed_config(cfg, phase, dist.world_size(), total_steps=100, hidden_size=768)
+        try:
+            DeepSpeedConfig(config)
+        except (ValidationError, AssertionError, TypeError, ValueError, AttributeError, KeyError) as e:
+            why = " ".join(str(e).split())[:400] or type(e).__name__
+            raise ConfigError(
+                [
+                    f"'deepspeed.config_file' {cfg.deepspeed.config_file}: DeepSpeed refuses it for phase {phase}"
+                    f' ({type(e).__name__}: {why}): fix the file (configs/deepspeed/ holds working examples; "auto"'
+                    " takes the value from the dcl_dist config)"
+                ]
+            ) from None
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters in two groups: with weight decay, and without (biases, norms)."""
     decay, no_decay = [], []

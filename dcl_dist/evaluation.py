@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from dcl_dist import dist
+from dcl_dist import dist, interrupt
 from dcl_dist.data.batching import Tokenize, even_shard
 from dcl_dist.metrics import classification_metrics, embedding_diagnostics
 
@@ -18,13 +18,15 @@ def sharded_apply(
 ) -> torch.Tensor:
     """fn over items 0..n-1 in batches, each rank taking every world-th item; returns (n, ...) in item order.
 
-    Every rank runs the same number of batches (short shards repeat an item), as ZeRO-3 requires.
+    Every rank runs the same number of batches (short shards repeat an item), as ZeRO-3 requires, and between two
+    batches the ranks agree on any stop request (interrupt.EvaluationStopped): a stop never waits for a whole split.
     """
     rank, world = dist.rank(), dist.world_size()
     indices, _ = even_shard(n, rank, world)
     device = dist.device()
     outs = []
     for start in range(0, len(indices), batch_size):
+        interrupt.check_between_batches()
         batch = {k: v.to(device) for k, v in collate(indices[start : start + batch_size]).items()}
         outs.append(fn(batch).float())
     local = torch.cat(outs) if outs else torch.zeros(0)

@@ -50,14 +50,15 @@ class Predictor:
             for row in proba
         ]
 
-    def evaluate(self, texts: list[str], labels: list[str], batch_size: int = 64) -> dict:
-        """Full classification metrics against string labels; labels the model never saw are an error."""
+    def evaluate(self, texts: list[str], labels: list[str], batch_size: int = 64, source: str = "the data") -> dict:
+        """Full classification metrics against string labels; labels the model never saw are an error naming
+        `source`."""
         index = {c: i for i, c in enumerate(self.class_names)}
         unknown = sorted({label for label in labels if label not in index})
         if unknown:
             raise DataError(
-                f"labels the model was not trained on: {', '.join(unknown[:10])}"
-                f" (it knows: {', '.join(self.class_names)})"
+                f"{source}: labels the model was not trained on: {', '.join(unknown[:10])}"
+                f" (it knows: {', '.join(self.class_names)}): fix the labels or --label-field"
             )
         predictions = self.probabilities(texts, batch_size).argmax(-1).tolist()
         return classification_metrics([index[label] for label in labels], predictions, self.class_names, full=True)

@@ -70,6 +70,8 @@ class LoopState:
     bad_evals: int = 0
     stopped_early: bool = False
     finished: bool = False
+    eval_pending: bool = False
+    """A stop request ended this step's evaluation midway: it runs first when the phase resumes."""
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     """Wall time in the loop (steps, evaluations, checkpoints), summed over every run that worked on the phase."""
@@ -89,7 +91,8 @@ def train(run: PhaseRun, cfg: Config, phase_dir: PhaseDir, resume_from: resume.R
     raises errors.Interrupted on every rank.
     """
     try:
-        return _Training(run, cfg, phase_dir).fit(resume_from)
+        with interrupt.answered_with_a_checkpoint():
+            return _Training(run, cfg, phase_dir).fit(resume_from)
     except BaseException as e:
         # The loop's DataLoader workers outlive stop signals (interrupt.ignore_in_worker), so the interpreter's exit
         # would wait on them forever (measured: a crashed rank hung). Clearing the frames that hold their iterator
@@ -99,10 +102,14 @@ def train(run: PhaseRun, cfg: Config, phase_dir: PhaseDir, resume_from: resume.R
 
 
 def load_best(model_engine, phase_dir: PhaseDir) -> bool:
-    """Put the best validation weights (written by train) back into the engine; False if there are none."""
+    """Put the best validation weights (written by train) back into the engine; False if there are none.
+
+    A damaged best checkpoint stops the phase (exit 3) naming the file: there is no earlier one to fall back to.
+    """
     best = checkpoints.latest(phase_dir.best)
     if best is None:
         return False
+    resume.check_best(best)
     with library_output_silenced():  # DeepSpeed's ZeRO-3 weights-only load prints its parsing on every rank
         checkpoints.load_weights(model_engine, best)
     return True
@@ -132,9 +139,10 @@ class _Training:
         self.monitor = Monitor(self.phase_dir, self.cfg, self.steps, state.step)
         self.clock = (time.perf_counter(), state.seconds)
         try:
+            stopped_early = state.eval_pending and self.evaluate()  # a stop request cut it short: it comes first
+            state.stopped_early = state.stopped_early or stopped_early
             self.model_engine.train()
             self.window.reset()
-            stopped_early = False
             while not stopped_early and state.step < self.steps and state.epoch < self.p.epochs:
                 stopped_early = self.epoch()
             state.finished = True
@@ -149,9 +157,20 @@ class _Training:
             return LoopState()
         rank_state = checkpoints.load(self.model_engine, resume_from.checkpoint, resume_from.exact)
         state = LoopState(**{k: v for k, v in resume_from.saved.items() if k in LoopState.__dataclass_fields__})
+        restored = dist.all_gather_object(rank_state is not None)
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
             self.data_state = rank_state.get("data")
+        if state.best_step is not None and checkpoints.latest(self.phase_dir.best) is None:
+            if dist.is_main():
+                log.warning(
+                    "%s: its best weights (step %d) are not in %s (moved away?): it picks its best weights among the"
+                    " evaluations from here on, or ends with its last weights if it has finished",
+                    self.run.name,
+                    state.best_step,
+                    self.phase_dir.best,
+                )
+            state.best, state.best_step = None, None
         if dist.is_main():
             where = f"step {state.step} of {self.steps}, epoch {state.epoch}"
             in_epoch = f"step {state.step_in_epoch} of {self.run.feed.steps_per_epoch} in it"
@@ -161,7 +180,7 @@ class _Training:
                 resume_from.checkpoint,
                 where,
                 in_epoch,
-                resume_from.describe(),
+                resume_from.describe(all(restored)),
             )
         return state
 
@@ -260,9 +279,20 @@ class _Training:
         run, state = self.run, self.state
         if run.evaluate is None:
             return False
+        state.eval_pending = False
         self.model_engine.eval()
-        with torch.no_grad():
-            metrics = run.evaluate()
+        try:
+            with torch.no_grad():
+                metrics = run.evaluate()
+        except interrupt.EvaluationStopped:
+            # the step is trained: its checkpoint is written without the evaluation, which runs first on resume
+            state.eval_pending = True
+            self.checkpoint()
+            saved = checkpoints.latest(self.phase_dir.checkpoints)
+            raise interrupt.stopped(
+                f"at {run.name} step {state.step} of {self.steps} during its evaluation (it runs first when the phase"
+                f" resumes), checkpoint {saved}"
+            ) from None
         self.model_engine.train()
         self.monitor.scalars({f"val_{k}": v for k, v in metrics.items()}, state.step)
         state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
@@ -321,7 +351,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    # numpy's key array as a tensor: rank files load with torch.load(weights_only=True), which refuses numpy objects
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.copy()), position, has_gauss, cached)
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state

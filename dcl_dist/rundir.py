@@ -1,6 +1,7 @@
 """The layout of a run directory, in one place: every module asks these objects for a path.
 
 <run>/config.yaml             the resolved config
+<run>/.lock                   held by the run that uses the directory now (run_lock.py), naming it
 <run>/metrics.json            each finished phase's metrics and the final ones
 <run>/tb/<phase>/             TensorBoard events of each phase
 <run>/tb/base/                the base encoder's validation embeddings (recorded by the variant's first phase)
@@ -8,6 +9,7 @@
 <run>/stream_counts.json      the counting pass of a streamed train split
 <run>/export/<form>/          `dcl-dist export` writes here unless told otherwise
 <run>/<phase>/settings.json   the settings the phase was trained with
+<run>/<phase>/inputs.json     what identified its data files and base model then (inputs.py)
 <run>/<phase>/checkpoints/    resumable checkpoints (checkpoints.py names what is inside)
 <run>/<phase>/best/           phase ft: the best validation weights so far
 <run>/<phase>/artifact/       the phase's output: a Hugging Face folder + dcl_dist.json
@@ -58,6 +60,10 @@ class PhaseDir:
         return self.root / "settings.json"
 
     @property
+    def inputs_file(self) -> Path:
+        return self.root / "inputs.json"
+
+    @property
     def tensorboard(self) -> Path:
         """The phase's TensorBoard events: one TensorBoard run per phase, beside the other phases'."""
         return self.run / TENSORBOARD / self.name
@@ -87,6 +93,10 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def metrics_file(self) -> Path:

@@ -68,6 +68,12 @@ def _check_streaming(cfg: Config, bad: Bad) -> None:
             bad("data.class_counts", "is only read with data.streaming: true (in memory, counts are exact): remove it")
         elif not d.class_counts or any(n < 1 for n in d.class_counts.values()):
             bad("data.class_counts", "needs at least one class and a count >= 1 for each, like {spam: 120, ham: 3400}")
+        elif len({str(k) for k in d.class_counts}) < len(d.class_counts) or len({type(k) for k in d.class_counts}) > 1:
+            bad(
+                "data.class_counts",
+                "mixes whole numbers and strings as class names (1 and '1' would be one class counted twice): write"
+                " them one way, as the labels of the data are written",
+            )
     if d.streaming and not d.validation:
         bad(
             "data.validation",

@@ -1,6 +1,13 @@
 """Reading splits: local jsonl / csv / tsv / parquet files (plain or .gz, or globs) and Hugging Face hub datasets.
 
 Local files are read with our own readers, so that every bad line is reported with its file and line number.
+
+Labels: a label is a string or a whole number (a float without a fraction, such as 1.0, is that whole number);
+anything else (a fraction, true/false, a list, an object) is an error naming the file and line, and so is null
+or an empty string. Within one source the labels of a field are all strings or all whole numbers (LabelKinds): a
+file that mixes 1 and "1", or ids and names, would otherwise give two classes with one name, or twice the
+classes. Across sources labels match by their text, as CSV holds text only: 1 in a jsonl file and "1" in a csv
+file are the same class.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import glob
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,8 @@ def expand_paths(source: str) -> list[Path]:
     pattern = os.path.expanduser(source)
     paths = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else [Path(pattern)]
     missing = [p for p in paths if not p.is_file()]
+    if missing and missing[0].is_dir():
+        raise DataError(f"{missing[0]} is a folder: give a file, or a glob of its files such as {missing[0]}/*.jsonl")
     if not paths or missing:
         shown = missing[0] if missing else pattern
         raise DataError(f"{shown}: no such file (looked from {os.getcwd()}): fix the path")
@@ -165,6 +174,11 @@ def read_hub(source: str, default_split: str, streaming: bool = False) -> Iterat
     try:
         dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as e:  # the hub client raises many types: network, missing split, missing config
+        if Path(name).expanduser().is_dir():
+            raise DataError(
+                f"{source} is a local folder, which the datasets library could not read as a dataset"
+                f" ({type(e).__name__}: {e}): give a file, or a glob of its files such as {name}/*.jsonl"
+            ) from None
         raise DataError(
             f"hub dataset '{source}' (split {split}): {type(e).__name__}: {e}. Check the name, the config after ':'"
             " and the split after '@'; offline, use a local file instead"
@@ -194,6 +208,49 @@ def label_order(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, int) and not isinstance(value, bool) else (1, str(value))
 
 
+def clean_label(where: str, field: str, value: Any) -> str | int:
+    """A label as the label map takes it (a string, or an int), or a DataError naming `where` and the field."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    what = {bool: "true/false", list: "a list", dict: "an object", float: f"{value!r}, a fraction"}.get(
+        type(value), f"{type(value).__name__} {value!r}"[:60]
+    )
+    raise DataError(
+        f"{where}: label field '{field}' holds {what}: a label is a string or a whole number: fix the record"
+    )
+
+
+class LabelKinds:
+    """The kind of label (string or whole number) each label field had first in one source; a record with the
+    other kind is a DataError naming both places."""
+
+    def __init__(self, fields: list[str]):
+        self.fields = fields
+        self.first: list[tuple[type, str, Any] | None] = [None] * len(fields)
+
+    def observe(self, where: str | Callable[[], str], labels: tuple) -> None:
+        """where: the record's place, or a function that says it (called only when needed)."""
+        for level, value in enumerate(labels):
+            kind = str if isinstance(value, str) else int
+            first = self.first[level]
+            if first is None:
+                self.first[level] = (kind, where() if callable(where) else where, value)
+            elif first[0] is not kind:
+                here = where() if callable(where) else where
+                raise DataError(
+                    f"{here}: label {value!r} is a {_KIND[kind]}, but {first[1]} has {first[2]!r}, a"
+                    f" {_KIND[first[0]]}: the labels of '{self.fields[level]}' in one source must be all strings or all"
+                    ' whole numbers (1 and "1" would be two classes with one name): write them one way'
+                )
+
+
+_KIND = {str: "string", int: "whole number"}
+
+
 def text_and_labels(
     where: str, fields: dict, text_field: str, label_fields: list[str], empty_text: str, role: str
 ) -> tuple[str, tuple[Any, ...]] | None:
@@ -214,10 +271,9 @@ def text_and_labels(
                 f"{where}: empty text: remove the line, or set data.empty_text: skip to leave such rows out"
             )
         return None
-    labels = tuple(fields[f] for f in label_fields)
-    if any(v is None or (isinstance(v, str) and not v.strip()) for v in labels):
+    if any(fields[f] is None or (isinstance(fields[f], str) and not fields[f].strip()) for f in label_fields):
         raise DataError(f"{where}: empty label: give every {role} example a label")
-    return text, labels
+    return text, tuple(clean_label(where, f, fields[f]) for f in label_fields)
 
 
 def read_source(source: str, default_split: str, text_field: str = "text") -> Iterator[Record]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcl_dist.config import Config
-from dcl_dist.data.sources import Record, label_order, read_source, text_and_labels
+from dcl_dist.data.sources import LabelKinds, Record, label_order, read_source, text_and_labels
 from dcl_dist.data.streaming import TrainStream, describe_stream
 from dcl_dist.errors import DataError
 
@@ -75,6 +75,7 @@ def read_rows(
     texts: list[str] = []
     labels: list[tuple[Any, ...]] | None = [] if label_fields else None
     skipped = 0
+    kinds = LabelKinds(label_fields or [])
     record: Record | None = None
     for record in read_source(source, role, text_field):
         parsed = text_and_labels(record.where, record.fields, text_field, label_fields or [], empty_text, role)
@@ -82,6 +83,7 @@ def read_rows(
             skipped += 1
             continue
         if labels is not None:
+            kinds.observe(record.where, parsed[1])
             labels.append(parsed[1])
         texts.append(parsed[0])
     if record is None:

@@ -32,9 +32,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from dcl_dist.errors import ModelError
+from dcl_dist.errors import DclDistError, ModelError
 from dcl_dist.model_card import write_card
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
+from dcl_dist.models.files import VOCABULARY_FILES, json_problem, model_folder_problems, weights_problem
 from dcl_dist.models.head import ClassifierHead
 from dcl_dist.models.lora import (
     ADAPTER_CONFIG,
@@ -204,8 +205,15 @@ def _write_parts(
     return modules
 
 
+DAMAGED_FIX = (
+    "copy the folder again, or export it again (dcl-dist export); a run's own artifact: delete that folder and run"
+    " the same train command (the phase writes it again from its last checkpoint)"
+)
+"""What to do about an artifact folder with a damaged or missing file."""
+
+
 def read_meta(path: Path) -> dict:
-    """An artifact's dcl_dist.json, or an ModelError that says what is missing."""
+    """An artifact's dcl_dist.json, or a ModelError that says what is missing or damaged."""
     path = Path(path)
     meta_file = path / META_FILE
     if not path.is_dir():
@@ -215,55 +223,107 @@ def read_meta(path: Path) -> dict:
             f"{path}: no {META_FILE}, so this is not a complete dcl_dist artifact"
             " (the phase that writes it did not finish): rerun the phase or point to another folder"
         )
-    return json.loads(meta_file.read_text())
+    problem = json_problem(meta_file) or _meta_problem(meta_file, json.loads(meta_file.read_text(encoding="utf-8")))
+    if problem:
+        raise ModelError(f"{problem}: {DAMAGED_FIX}")
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+def _meta_problem(meta_file: Path, meta: dict) -> str | None:
+    """Why an artifact's dcl_dist.json cannot describe its model (a field missing or of the wrong type)."""
+    fields = {"pooling": str, "dense_layers": int, "max_length": int}
+    for key, kind in fields.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"{meta_file} is damaged: '{key}' is {meta.get(key)!r}, not {kind.__name__}"
+    head = meta.get("head")
+    if head is not None:
+        names = meta.get("class_names", meta.get("labels"))
+        if not isinstance(head, dict) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return f"{meta_file} is damaged: its head or class_names are not what dcl_dist writes"
+    return None
 
 
 def is_complete(path: Path) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
+def artifact_problems(path: Path, meta: dict) -> list[str]:
+    """The files load_artifact reads, checked before anything loads them (models/files.py), each naming the file."""
+    adapter_form = (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+    if adapter_form:
+        problems = [json_problem(path / ADAPTER_CONFIG), weights_problem(path / ADAPTER_WEIGHTS)]
+        if not any((path / name).is_file() for name in VOCABULARY_FILES):
+            problems.append(f"{path} has no tokenizer files (one of {', '.join(VOCABULARY_FILES)})")
+    else:
+        problems = model_folder_problems(path)
+    parts = [f"{i + 2}_Dense" for i in range(meta["dense_layers"])] + (["head"] if meta.get("head") is not None else [])
+    problems += [weights_problem(path / part / "model.safetensors") for part in parts]
+    return [p for p in problems if p]
+
+
 def load_artifact(path: Path, attn_implementation: str = "sdpa", backbone: torch.nn.Module | None = None) -> Artifact:
     """An artifact folder (or an exported adapter folder) back as encoder (+ head), tokenizer and metadata, on the CPU.
 
     backbone: use this one instead of the folder's (a phase that carries an adapter on starts from its base).
+    Every file it reads is checked first (artifact_problems): a damaged one is a ModelError that names it.
     """
     path = Path(path)
     meta = read_meta(path)
+    problems = artifact_problems(path, meta)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise ModelError(f"{shown}: the folder is incomplete or damaged: {DAMAGED_FIX}")
     adapter_form = (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
-    needed = [f"{i + 2}_Dense/model.safetensors" for i in range(meta["dense_layers"])]
-    if meta.get("head") is not None:
-        needed.append("head/model.safetensors")
-    if adapter_form:
-        needed.append(ADAPTER_WEIGHTS)
-    else:
-        needed += ["config.json", "modules.json"]
-        if not any(
-            (path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-        ):
-            needed.append("model.safetensors")
-    missing = [n for n in needed if not (path / n).is_file()]
-    if missing:
-        raise ModelError(f"{path}: missing {', '.join(missing)}: the folder is incomplete; copy it again or re-export")
-    if backbone is None:
-        backbone = (
-            _adapted_backbone(path, attn_implementation)
-            if adapter_form
-            else load_backbone(str(path), attn_implementation)
-        )
+    with _loading(path, "the model"):
+        if backbone is None:
+            backbone = (
+                _adapted_backbone(path, attn_implementation)
+                if adapter_form
+                else load_backbone(str(path), attn_implementation)
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     encoder = SentenceEncoder(backbone, meta["pooling"], meta["dense_layers"])
-    for i, layer in enumerate(encoder.dense):
-        layer.load_state_dict(load_file(str(path / f"{i + 2}_Dense" / "model.safetensors")))
     head = None
-    if meta.get("head") is not None:
-        head = ClassifierHead(**meta["head"])
-        head.load_state_dict(load_file(str(path / "head" / "model.safetensors")))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    with _loading(path, "the dense layers and head"):
+        for i, layer in enumerate(encoder.dense):
+            layer.load_state_dict(load_file(str(path / f"{i + 2}_Dense" / "model.safetensors")))
+        if meta.get("head") is not None:
+            head = ClassifierHead(**meta["head"])
+            head.load_state_dict(load_file(str(path / "head" / "model.safetensors")))
     return Artifact(encoder, tokenizer, meta, head, path)
+
+
+@contextlib.contextmanager
+def _loading(path: Path, what: str) -> Iterator[None]:
+    """A loader's error on files that passed the checks (a config.json that fits no model, weights of another
+    shape, a tokenizer.json that is JSON but not a tokenizer) as one ModelError naming the folder."""
+    try:
+        yield
+    except DclDistError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise ModelError(f"{path}: {what} cannot be loaded from it ({_first_line(e)}): {DAMAGED_FIX}") from None
+    except Exception as e:
+        if type(e) is not Exception:  # the tokenizers library raises bare Exception for a file it cannot parse
+            raise
+        raise ModelError(f"{path}: {what} cannot be loaded from it ({_first_line(e)}): {DAMAGED_FIX}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
 
 
 def _adapted_backbone(path: Path, attn_implementation: str) -> torch.nn.Module:
     """The base model named in an adapter folder, with that adapter (not merged)."""
     adapter = read_adapter(path)
+    base = Path(adapter.base).expanduser()
+    problems = model_folder_problems(base, tokenizer=False) if base.is_dir() else []
+    if problems:
+        raise ModelError(
+            f"{path}: the adapter's base model is damaged ({'; '.join(problems[:2])}): restore it, or point"
+            f" base_model_name_or_path in {path / ADAPTER_CONFIG} to a good copy of it"
+        )
     try:
         backbone = load_backbone(adapter.base, attn_implementation)
     except OSError as e:

@@ -22,6 +22,7 @@ from torch import nn
 
 from dcl_dist.config.schema import LoraConfig
 from dcl_dist.errors import ConfigError, ModelError
+from dcl_dist.models.files import json_problem, weights_problem
 
 ADAPTER_NAME = "default"
 """peft's name for the one adapter a backbone carries."""
@@ -253,10 +254,33 @@ def write_adapter(folder: Path, adapter: Adapter) -> None:
 
 
 def read_adapter(folder: Path) -> Adapter:
-    """An adapter folder (ours or any peft LoRA folder) back as config and weights."""
+    """An adapter folder (ours or any peft LoRA folder) back as config and weights; a damaged or missing file is a
+    ModelError that names it."""
+    problem = json_problem(Path(folder) / ADAPTER_CONFIG) or weights_problem(Path(folder) / ADAPTER_WEIGHTS)
+    problem = problem or _adapter_config_problem(Path(folder) / ADAPTER_CONFIG)
+    if problem:
+        raise ModelError(f"{problem}: the adapter folder is incomplete or damaged: copy it again or export it again")
     config = peft.LoraConfig.from_pretrained(str(folder))
     weights = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
     return Adapter(config, {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items()})
+
+
+def _adapter_config_problem(file: Path) -> str | None:
+    """Why adapter_config.json (a JSON object) is not a LoRA adapter's config that peft reads as it should: peft
+    takes a wrong type as it comes (r "big") and fails later, or with a bare KeyError."""
+    config = json.loads(file.read_text(encoding="utf-8"))
+    checks = {
+        "peft_type": lambda v: v == "LORA",
+        "r": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "lora_alpha": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "base_model_name_or_path": lambda v: isinstance(v, str) and v != "",
+        "target_modules": lambda v: v is None or isinstance(v, str) or isinstance(v, list),
+    }
+    for key, fits in checks.items():
+        if key in config or key in ("peft_type", "base_model_name_or_path"):
+            if not fits(config.get(key)):
+                return f"{file} is damaged: '{key}' is {config.get(key)!r}, which no LoRA adapter has"
+    return None
 
 
 def is_adapter_folder(folder: Path) -> bool:

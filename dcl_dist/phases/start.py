@@ -13,6 +13,7 @@ import torch
 
 from dcl_dist import dist, engine, loop
 from dcl_dist.config import Config
+from dcl_dist.errors import ConfigError, ModelError
 from dcl_dist.models import lora
 from dcl_dist.models.artifact import ADAPTER_DIR, is_complete, load_artifact, read_meta
 from dcl_dist.models.encoder import SentenceEncoder, load_backbone
@@ -41,8 +42,15 @@ def load_start(ctx: PhaseContext, phase: str) -> tuple[SentenceEncoder, Any]:
     else:
         from transformers import AutoTokenizer
 
-        encoder = SentenceEncoder(load_backbone(ctx.source, attn), cfg.model.pooling)
-        tokenizer = AutoTokenizer.from_pretrained(ctx.source)
+        try:
+            encoder = SentenceEncoder(load_backbone(ctx.source, attn), cfg.model.pooling)
+            tokenizer = AutoTokenizer.from_pretrained(ctx.source)
+        except (OSError, ValueError) as e:  # what the pre-flight check could not see: a hub name, a file's content
+            why = " ".join(str(e).split())[:300]
+            raise ModelError(
+                f"'model.name_or_path' {ctx.source} cannot be loaded ({type(e).__name__}: {why}): check the name, or"
+                " copy the model folder again"
+            ) from None
     if carry:
         lora.load_adapter(encoder.backbone, lora.read_adapter(previous), trainable=True)
     elif uses_lora(cfg, phase):
@@ -83,21 +91,32 @@ def phase_adapter(ctx: PhaseContext, phase: str, backbone: torch.nn.Module) -> l
 
 
 def resolve_max_length(cfg: Config, tokenizer: Any, backbone: torch.nn.Module) -> int:
-    """model.max_length, or for auto the model's limit capped at 512."""
+    """model.max_length, or for auto the model's limit capped at 512; a max_length beyond the model's positions is
+    a ConfigError (the pre-flight check sees it for a local folder, this for a hub name)."""
+    positions = getattr(backbone.config, "max_position_embeddings", None)
     if isinstance(cfg.model.max_length, int):
+        limit = _position_limit(backbone.config, positions)
+        if limit is not None and cfg.model.max_length > limit:
+            raise ConfigError(
+                [f"'model.max_length' is {cfg.model.max_length}, but the model reads at most {limit} tokens: use less"]
+            )
         return cfg.model.max_length
     limits = [512]
     if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
         limits.append(tokenizer.model_max_length)
-    positions = getattr(backbone.config, "max_position_embeddings", None)
-    if positions:
-        # RoBERTa-style models reserve the first positions (padding_idx + 1)
-        limits.append(
-            positions - (getattr(backbone.config, "pad_token_id", 0) or 0) - 1
-            if backbone.config.model_type in ("roberta", "xlm-roberta", "camembert")
-            else positions
-        )
+    limit = _position_limit(backbone.config, positions)
+    if limit is not None:
+        limits.append(limit)
     return min(limits)
+
+
+def _position_limit(config: Any, positions: int | None) -> int | None:
+    if not positions:
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        # RoBERTa-style models reserve the first positions (padding_idx + 1)
+        return positions - (getattr(config, "pad_token_id", 0) or 0) - 1
+    return positions
 
 
 def report_trainable(model: torch.nn.Module, phase: str) -> tuple[int, int]:

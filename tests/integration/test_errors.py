@@ -177,6 +177,13 @@ def finished_run(tmp_path_factory, tiny_model) -> Path:
     return run
 
 
+def bare_folder(tmp: Path, name: str) -> str:
+    """A folder in the current directory (tmp), given by its bare name, with a file datasets cannot read."""
+    (tmp / name).mkdir()
+    write(tmp / name / "notes.bin", b"\x00\x01")
+    return name
+
+
 def without(run: Path, tmp: Path, name: str) -> Path:
     """A copy of the run's ft artifact with one file removed."""
     copy = tmp / "copied"
@@ -197,7 +204,7 @@ ARTIFACT_CASES = {
     ),
     "predict: model folder with a missing weights file": (
         lambda t, r: ["predict", "--model", str(without(r, t, "head/model.safetensors")), "--input", "x.txt"],
-        ["missing head/model.safetensors: the folder is incomplete"],
+        ["head/model.safetensors is missing", "the folder is incomplete or damaged"],
     ),
     "evaluate: model folder without its config": (
         lambda t, r: [
@@ -207,7 +214,15 @@ ARTIFACT_CASES = {
             "--data",
             write(t / "d.jsonl", jsonl(rows(2))),
         ],
-        ["missing config.json"],
+        ["copied/config.json is missing"],
+    ),
+    "predict: input is a folder (a path)": (
+        lambda t, r: ["predict", "--model", str(r / "ft" / "artifact"), "--input", str(r) + "/"],
+        ["is a folder: give a file, or a glob of its files such as"],
+    ),
+    "predict: input is a folder (a bare name, taken for a hub dataset first)": (
+        lambda t, r: ["predict", "--model", str(r / "ft" / "artifact"), "--input", bare_folder(t, "texts")],
+        ["is a local folder, which the datasets library could not read as a dataset", "texts/*.jsonl"],
     ),
     "export: not a run directory": (
         lambda t, r: ["export", "--run", str(t), "--to", "merged"],

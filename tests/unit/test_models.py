@@ -82,7 +82,7 @@ def test_incomplete_artifact_is_reported(tmp_path, tiny_model):
     path = tmp_path / "artifact"
     write_artifact(path, encoder, AutoTokenizer.from_pretrained(str(tiny_model)), {"phase": "dae"}, 32)
     (path / "2_Dense" / "model.safetensors").unlink()
-    with pytest.raises(ModelError, match="missing 2_Dense/model.safetensors"):
+    with pytest.raises(ModelError, match="2_Dense/model.safetensors is missing: the folder is incomplete"):
         load_artifact(path)
     with pytest.raises(ModelError, match="no such model folder"):
         load_artifact(tmp_path / "nope")

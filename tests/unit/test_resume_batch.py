@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from dcl_dist.config import load_config
 from dcl_dist.data.batch_plan import accumulation_steps
@@ -14,7 +15,10 @@ def checkpointed(tmp_path, global_batch: int):
     phase_dir = RunDir(tmp_path).phase("dae")
     step = phase_dir.checkpoints / "step_00000004"
     step.mkdir(parents=True)
-    (step / "complete.json").write_text(json.dumps({"step": 4, "world_size": 2, "global_batch_size": global_batch}))
+    loop_state = {"step": 4, "epoch": 0, "step_in_epoch": 4, "finished": False, "history": []}
+    layout = {"world_size": 2, "global_batch_size": global_batch, "files": {}}
+    (step / "complete.json").write_text(json.dumps({**loop_state, **layout}))
+    torch.save({"rng": {}}, step / "rank0.pt")  # what rank 0 restores on the world size that wrote it
     return phase_dir
 
 

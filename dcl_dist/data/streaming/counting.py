@@ -103,6 +103,8 @@ def _counts(cfg: Config, need_train: bool, need_unlabelled: bool) -> dict:
         totals = [sum((ranks[level] for ranks in per_rank), Counter()) for level in range(len(fields))]
         if not totals[0]:
             raise DataError(f"train split {d.train}: no rows with text: check the files and data.text_field")
+        for field, counter in zip(fields, totals):
+            _one_kind(d.train, field, counter)
         out["train"] = [sorted_names(counter) for counter in totals]
     if need_unlabelled and "unlabelled" not in out:
         per_rank = _on_every_rank(lambda: sum(1 for s in d.unlabelled for _ in read_share(cfg, s, "unlabelled", [])))
@@ -112,6 +114,18 @@ def _counts(cfg: Config, need_train: bool, need_unlabelled: bool) -> dict:
         tmp.write_text(json.dumps({"key": key, **out}, indent=1))
         os.replace(tmp, path)
     return out
+
+
+def _one_kind(source: str, field: str, counts: Counter) -> None:
+    """The labels of a field in the stream are all strings or all whole numbers (sources.LabelKinds: each rank
+    checked its own share record by record; this is the check across ranks)."""
+    strings = [v for v in counts if isinstance(v, str)]
+    numbers = [v for v in counts if not isinstance(v, str)]
+    if strings and numbers:
+        raise DataError(
+            f"train split {source}: the labels of '{field}' mix whole numbers ({numbers[0]!r}) and strings"
+            f' ({strings[0]!r}): 1 and "1" would be two classes with one name: write them one way'
+        )
 
 
 def _on_every_rank(count: Callable[[], Any]) -> list[Any]:
@@ -149,12 +163,18 @@ def _fingerprint(cfg: Config) -> dict:
 
 
 def _read_counts(path: Path, key: dict) -> dict | None:
+    """The saved counts, or None when there are none for these sources, or the file is damaged (a cache: the
+    stream is counted again, and the file written whole again)."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if saved.pop("key", None) != key:
+    if not isinstance(saved, dict) or saved.pop("key", None) != key:
         return None
     if "train" in saved:
-        saved["train"] = [(list(names), list(counts)) for names, counts in saved["train"]]
+        try:
+            saved["train"] = [(list(names), list(counts)) for names, counts in saved["train"]]
+        except (TypeError, ValueError):
+            log.warning("%s is damaged (its train counts cannot be read): counting the stream again", path)
+            return None
     return saved

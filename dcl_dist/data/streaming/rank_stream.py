@@ -13,7 +13,7 @@ from dcl_dist.config import Config
 from dcl_dist.data.balance import stream_copies
 from dcl_dist.data.batching import Example
 from dcl_dist.data.noise import keyed_int, keyed_uniform, text_id
-from dcl_dist.data.sources import class_label_names
+from dcl_dist.data.sources import LabelKinds, class_label_names
 from dcl_dist.data.streaming.reading import RecordReader, open_source, rank_share, share_rows
 from dcl_dist.errors import DataError
 from dcl_dist.seeds import STREAM_BUFFER, STREAM_COPIES
@@ -71,6 +71,7 @@ class RankStream:
         self.datasets = datasets if datasets is not None else {}
         """Opened sources, shared between the streams of a phase (opening one costs a second or two)."""
         self.state = StreamState()
+        self.kinds = LabelKinds(label_fields)
         self._share: Any = None
         self._rows: Iterator[dict] | None = None
         self._reader: RecordReader | None = None
@@ -111,6 +112,7 @@ class RankStream:
         sample = text_id(text)
         if not raw:
             return [Example(text, None, sample, 0, st.passes)]
+        self.kinds.observe(lambda: self._reader.where(st.records, text), raw)
         levels = []
         for level, value in enumerate(raw):
             i = self.index[level].get(str(value))
@@ -214,10 +216,11 @@ class RankStream:
             hf=saved["hf"],
             records=saved["records"],
             draws=saved["draws"],
-            buffer=list(saved["buffer"]),
-            incoming=list(saved["incoming"]),
-            groups={k: list(v) for k, v in saved["groups"].items()},
-            ready=list(saved["ready"]),
+            # checkpoints keep Examples as plain tuples (checkpoints._plain)
+            buffer=[Example(*e) for e in saved["buffer"]],
+            incoming=[Example(*e) for e in saved["incoming"]],
+            groups={k: [Example(*e) for e in v] for k, v in saved["groups"].items()},
+            ready=[Example(*e) for e in saved["ready"]],
             micro_batches=saved["micro_batches"],
         )
         self._rows = self._share = None
