@@ -215,6 +215,8 @@ _COLLECTIVE_INPUTS = {
     "all_to_all_single": "input",
     "broadcast": "tensor",
     "reduce": "tensor",
+    "scatter": "scatter_list",
+    "gather": "tensor",
     "all_gather_object": None,
     "broadcast_object_list": None,
 }
