@@ -13,7 +13,7 @@ held during that size's steps. Time per example: the mean wall time of the timed
 collective of the last step (calls and bytes, dist.counting_collectives). A small random BERT (the tests' tiny
 model, MiniLM's tokenizer), synthetic texts of 4 to 15 words, 16 classes, one text in 20 a copy of another.
 
-    python benchmarks/contrastive_scale.py --world 4 --sizes 1024 4096 16384 65536 --plain-max 4096
+    python benchmarks/contrastive_scale.py --world 4   # N = 1,024 ... 65,536; plain to 4,096, local to 16,384
     python benchmarks/contrastive_scale.py --world 2 --sizes 64 256 --steps 1 --out /tmp/scale   # a smoke run
 
 Writes contrastive_scale.json and contrastive_scale.png under --out (default docs/results/cpu) and prints a table.
@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 MODES = ("plain", "local", "cached")
+SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 CLASSES = 16
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 
@@ -48,10 +49,10 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu x
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world", type=int, default=4, help="gloo ranks")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="global batch sizes")
+    p.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="global batch sizes")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--plain-max", type=int, default=4096, help="largest N for plain (its N x N graph per rank)")
-    p.add_argument("--local-max", type=int, default=65536, help="largest N for local (all activations kept)")
+    p.add_argument("--local-max", type=int, default=16384, help="largest N for local (every activation kept)")
     p.add_argument("--chunk", type=int, default=256, help="texts per cached chunk")
     p.add_argument("--loss", choices=("cosine_mse", "supcon"), default="cosine_mse")
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=2, help="ZeRO stage")
