@@ -131,8 +131,12 @@ def all_gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch
     sizes = sizes if sizes is not None else all_gather_ints(x.shape[0])
     longest = max(sizes)
     padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))]) if longest != x.shape[0] else x
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    # every rank's part lands in one buffer: with equal sizes it is the result itself, with no second copy
+    gathered = padded.new_empty((world_size() * longest, *padded.shape[1:]))
+    parts = list(gathered.split(longest))
     tdist.all_gather(parts, padded.contiguous())
+    if all(n == longest for n in sizes):
+        return gathered
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
