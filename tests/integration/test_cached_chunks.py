@@ -1,18 +1,22 @@
 """Phases cl and joint with cl.embed_chunk_size end to end: the same loss curve as one pass (a model without
-dropout), through the config, the batches' source ids and the engine."""
+dropout), through the config, the batches' source ids and the engine. Each run in a process of its own (one
+gloo rank): DeepSpeed keeps process groups in module state that a later in-process test must not inherit."""
 
 from __future__ import annotations
 
 import pytest
 
-from helpers import read_scalars, tiny_run
+from multiproc.spawn import run_ranks
 
 pytestmark = pytest.mark.integration
 
 
-def _curve(model, train, run_dir, phase: str, chunk: str) -> list[tuple[int, float]]:
+def _curve(model: str, train: str, run_dir: str, phase: str, chunk: str) -> list[tuple[int, float]]:
+    from pathlib import Path
+
     from dcl_dist.config import load_config
     from dcl_dist.pipeline import run_variant
+    from helpers import read_scalars, tiny_run
 
     cfg = load_config(
         None,
@@ -30,13 +34,18 @@ def _curve(model, train, run_dir, phase: str, chunk: str) -> list[tuple[int, flo
         ),
     )
     run_variant(cfg, only_phase=phase)
-    return read_scalars(run_dir / "tb" / phase, f"{phase}/loss")
+    return read_scalars(Path(run_dir) / "tb" / phase, f"{phase}/loss")
 
 
 @pytest.mark.parametrize("phase", ["cl", pytest.param("joint", marks=pytest.mark.slow)])
 def test_cached_chunks_give_the_same_loss_curve(phase, tiny_model_nodrop, snips_small, tmp_path):
-    plain = _curve(tiny_model_nodrop, snips_small, tmp_path / "plain", phase, "null")
-    cached = _curve(tiny_model_nodrop, snips_small, tmp_path / "cached", phase, "3")
+    curves = {
+        chunk: run_ranks(
+            _curve, 1, tmp_path, str(tiny_model_nodrop), str(snips_small), str(tmp_path / chunk), phase, chunk
+        )[0]
+        for chunk in ("null", "3")
+    }
+    plain, cached = curves["null"], curves["3"]
     assert [s for s, _ in plain] == [1, 2, 3]
     assert [s for s, _ in cached] == [1, 2, 3]
     for (_, a), (_, b) in zip(plain, cached):
