@@ -6,10 +6,16 @@ which gets a gloo group of size 1 so that DeepSpeed never goes looking for MPI.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime
+import inspect
 import os
 import pickle
 import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -94,18 +100,21 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate every rank's `x` along dim 0, rank order, keeping the autograd graph.
 
-    Backward sums each slice's gradient over ranks (torch.distributed.nn semantics). The losses compute the
-    same loss over the gathered batch on every rank, so each rank receives world_size x dL/dx_rank; DeepSpeed's
-    data-parallel average then divides by world_size again: the parameter gradients equal one process
-    computing the loss on the concatenated batch (tests/multiproc/test_gathered_loss.py proves it).
-    Ranks may hold different numbers of rows. At world size 1 it returns `x` itself.
+    Backward sums each slice's gradient over ranks (torch.distributed.nn semantics: a reduce-scatter on NCCL, an
+    all-to-all on gloo). A loss computed whole on every rank over the gathered batch therefore hands each rank
+    world_size x dL/dx_rank, and a loss that each rank computes over its own rows only (losses/local_rows.py)
+    hands it dL/dx_rank for the columns; losses/local_rows.py scales its gradient so that, after DeepSpeed's
+    data-parallel average, the parameter gradients equal one process computing the loss on the concatenated
+    batch (tests/multiproc/test_gathered_loss.py and test_local_rows.py prove both).
+    Ranks may hold different numbers of rows (`sizes`: all_gather_ints of them, if already known).
+    At world size 1 it returns `x` itself.
     """
     if world_size() == 1:
         return x
-    sizes = all_gather_ints(x.shape[0])
+    sizes = sizes if sizes is not None else all_gather_ints(x.shape[0])
     longest = max(sizes)
     if longest != x.shape[0]:
         pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
@@ -114,15 +123,20 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
-def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's `x` along dim 0 without gradients (labels, ids); rows may differ per rank."""
+def all_gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's `x` along dim 0 without gradients (labels, ids); rows may differ per rank
+    (`sizes`: all_gather_ints of them, if already known)."""
     if world_size() == 1:
         return x
-    sizes = all_gather_ints(x.shape[0])
+    sizes = sizes if sizes is not None else all_gather_ints(x.shape[0])
     longest = max(sizes)
     padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))]) if longest != x.shape[0] else x
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    # every rank's part lands in one buffer: with equal sizes it is the result itself, with no second copy
+    gathered = padded.new_empty((world_size() * longest, *padded.shape[1:]))
+    parts = list(gathered.split(longest))
     tdist.all_gather(parts, padded.contiguous())
+    if all(n == longest for n in sizes):
+        return gathered
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
@@ -134,6 +148,15 @@ def all_gather_ints(value: int) -> list[int]:
     parts = [torch.empty_like(t) for _ in range(world_size())]
     tdist.all_gather(parts, t)
     return [int(p.item()) for p in parts]
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of a tensor over ranks (a new tensor, outside autograd; `t` itself at world size 1)."""
+    if world_size() == 1:
+        return t
+    out = t.detach().clone()
+    tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+    return out
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -181,3 +204,79 @@ def same_on_all_ranks(obj: Any) -> bool:
 def _collective_device() -> torch.device:
     # NCCL only moves GPU tensors; gloo only CPU ones.
     return device() if tdist.is_initialized() and tdist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Counting collectives (tests and benchmarks)
+
+_COLLECTIVE_INPUTS = {
+    "all_reduce": "tensor",
+    "all_gather": "tensor",
+    "all_gather_into_tensor": "input_tensor",
+    "reduce_scatter": "input_list",
+    "reduce_scatter_tensor": "input",
+    "all_to_all": "input_tensor_list",
+    "all_to_all_single": "input",
+    "broadcast": "tensor",
+    "reduce": "tensor",
+    "scatter": "scatter_list",
+    "gather": "tensor",
+    "all_gather_object": None,
+    "broadcast_object_list": None,
+}
+"""The torch.distributed collectives counted, and the argument that holds what this rank sends into each."""
+
+
+@dataclass
+class CollectiveCounts:
+    """Collectives this process started, by name, and the bytes of its input to them."""
+
+    calls: collections.Counter = field(default_factory=collections.Counter)
+    bytes: collections.Counter = field(default_factory=collections.Counter)
+
+    def add(self, name: str, sent: Any) -> None:
+        self.calls[name] += 1
+        tensors = sent if isinstance(sent, (list, tuple)) else [sent]
+        self.bytes[name] += sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+
+@contextlib.contextmanager
+def counting_collectives() -> Iterator[CollectiveCounts]:
+    """Count every collective started inside the block: ours, torch.distributed.nn's and DeepSpeed's.
+
+    They all call torch.distributed's functions by name at call time, except two that DeepSpeed's communication
+    backend looked up once at start-up (its all_gather_function and reduce_scatter_function), which are counted
+    too. Bytes are what this rank hands in (an all-gather's own part, a reduction's whole buffer).
+    """
+    counts = CollectiveCounts()
+    originals = {name: getattr(tdist, name) for name in _COLLECTIVE_INPUTS if hasattr(tdist, name)}
+
+    def counted(name: str, fn: Any) -> Any:
+        signature, argument = inspect.signature(fn), _COLLECTIVE_INPUTS[name]
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            sent = signature.bind(*args, **kwargs).arguments.get(argument) if argument else None
+            counts.add(name, sent)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    backend = getattr(sys.modules.get("deepspeed.comm.comm"), "cdb", None)  # only if DeepSpeed is in use
+    captured = {
+        attr: getattr(backend, attr)
+        for attr in ("all_gather_function", "reduce_scatter_function")
+        if backend is not None and getattr(backend, attr, None) is not None
+    }
+    try:
+        for name, fn in originals.items():
+            setattr(tdist, name, counted(name, fn))
+        for attr, fn in captured.items():
+            name = next((n for n, f in originals.items() if f is fn), fn.__name__)
+            if name in _COLLECTIVE_INPUTS:
+                setattr(backend, attr, counted(name, fn))
+        yield counts
+    finally:
+        for name, fn in originals.items():
+            setattr(tdist, name, fn)
+        for attr, fn in captured.items():
+            setattr(backend, attr, fn)

@@ -132,6 +132,8 @@ def _check_cl(cfg: Config, bad: Bad) -> None:
         bad("cl.copy_min_words", "must be at least 1")
     if cl.examples_per_class < 2:
         bad("cl.examples_per_class", "must be at least 2 (a group needs a positive pair)")
+    if cl.embed_chunk_size is not None and cl.embed_chunk_size < 1:
+        bad("cl.embed_chunk_size", "must be at least 1 (texts per cached chunk), or null to embed in one pass")
     if cl.loss == "supcon" and cl.mode == "pair":
         bad("cl.loss", "supcon needs cl.mode: in_batch (it compares each example with the whole batch)")
     levels = 1 + len(cfg.data.hierarchy_fields)

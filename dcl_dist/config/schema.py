@@ -148,6 +148,8 @@ class ClConfig(PhaseConfig):
     """in_batch mode: random batches, or class_aware (examples come in same-class groups, so each has a positive)."""
     examples_per_class: int = 2
     """Group size of class_aware batching."""
+    embed_chunk_size: int | None = None
+    """Cached embeddings: embed each micro-batch in chunks of this many texts, recomputed in backward (cl, joint)."""
 
 
 @dataclass

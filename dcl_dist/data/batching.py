@@ -177,10 +177,16 @@ def contrastive_texts(noise: Noise, examples: list[Example]) -> list[str]:
     return [noise.copy(e.text, e.id, e.copy, e.epoch) for e in examples]
 
 
+def source_ids(examples: list[Example]) -> torch.Tensor:
+    """(batch,) each example's source: its stable sample id, which its imbalance-correction copies share."""
+    return torch.tensor([e.id for e in examples], dtype=torch.long)
+
+
 def cl_batch(tokenize: Tokenize, noise: Noise, examples: list[Example], with_dae: bool) -> dict[str, torch.Tensor]:
-    """In-batch contrastive batch: texts and label levels; with_dae adds the denoising inputs of the same texts."""
+    """In-batch contrastive batch: texts, label levels and source ids; with_dae adds the denoising inputs of the
+    same texts."""
     texts = contrastive_texts(noise, examples)
-    batch = {**tokenize(texts), "levels": torch.tensor([e.levels for e in examples])}
+    batch = {**tokenize(texts), "levels": torch.tensor([e.levels for e in examples]), "sources": source_ids(examples)}
     if with_dae:
         batch.update(_dae_part(tokenize, noise, examples, texts))
     return batch
@@ -195,6 +201,7 @@ def pair_batch(
     batch = {
         **tokenize(a_texts + contrastive_texts(noise, second)),
         "levels": torch.tensor([e.levels for e in first + second]),
+        "sources": source_ids(first + second),
     }
     if with_dae:
         batch.update(_dae_part(tokenize, noise, first, a_texts))

@@ -11,7 +11,7 @@ import logging
 from dcl_dist import dist, loop
 from dcl_dist.data.batching import Tokenize
 from dcl_dist.phases.context import PhaseContext
-from dcl_dist.phases.contrastive import contrastive_evaluator, contrastive_loss
+from dcl_dist.phases.contrastive import ContrastiveModel, contrastive_evaluator, contrastive_loss
 from dcl_dist.phases.feed import contrastive_feed
 from dcl_dist.phases.outputs import finish, record_base
 from dcl_dist.phases.start import load_start, report_trainable, resolve_max_length, seed_everything, start_engine
@@ -35,16 +35,16 @@ def run(ctx: PhaseContext) -> dict:
             correction["corrected_counts"],
         )
     n_levels = len(ctx.splits.label_names)
-    loss_fn = contrastive_loss(cfg, n_levels)
-    model_engine = start_engine(ctx, phase, encoder, encoder.hidden_size, feed.steps_per_epoch)
-    record_base(ctx, phase, model_engine.module, tokenize)
+    model = ContrastiveModel(encoder, contrastive_loss(cfg, n_levels), cfg.cl.embed_chunk_size)
+    model_engine = start_engine(ctx, phase, model, encoder.hidden_size, feed.steps_per_epoch)
+    record_base(ctx, phase, model_engine.module.encoder, tokenize)
 
-    def step_loss(model_engine, batch):
-        return loss_fn(model_engine(batch["input_ids"], batch["attention_mask"]), batch["levels"])
-
-    evaluate = contrastive_evaluator(ctx, phase, model_engine.module, tokenize, n_levels)
+    evaluate = contrastive_evaluator(ctx, phase, model_engine.module.encoder, tokenize, n_levels)
     state = loop.train(
-        loop.PhaseRun(phase, model_engine, feed, step_loss, evaluate), cfg, ctx.phase_dir(phase), ctx.resume
+        loop.PhaseRun(phase, model_engine, feed, lambda model_engine, batch: model_engine(batch), evaluate),
+        cfg,
+        ctx.phase_dir(phase),
+        ctx.resume,
     )
     metrics = {"steps": state.step, "history": state.history, "imbalance_correction": correction}
-    return finish(ctx, phase, model_engine, model_engine.module, tokenizer, tokenize, state, metrics)
+    return finish(ctx, phase, model_engine, model_engine.module.encoder, tokenizer, tokenize, state, metrics)

@@ -1,4 +1,5 @@
-"""The contrastive objective of phases cl and joint: the loss cl.mode and cl.loss choose, and its validation."""
+"""The contrastive objective of phases cl and joint: the loss cl.mode and cl.loss choose, phase cl's model (the
+encoder and that loss, embedding in cached chunks if cl.embed_chunk_size says so), and its validation."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from dcl_dist.config import Config
 from dcl_dist.data.batching import Tokenize
 from dcl_dist.evaluation import encoder_diagnostics
 from dcl_dist.losses.pair_cosine import InBatchCosineLoss, PairCosineLoss, all_pairs_cosine_mse, level_weights
 from dcl_dist.losses.supcon import SupConLoss
+from dcl_dist.models.chunked import forward_in_chunks
+from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.seeds import validation_subset_rng
 
@@ -27,6 +31,24 @@ def contrastive_loss(cfg: Config, n_levels: int) -> torch.nn.Module:
     if cfg.cl.loss == "supcon":
         return SupConLoss(cfg.cl.temperature)
     return InBatchCosineLoss(weights)
+
+
+class ContrastiveModel(nn.Module):
+    """Phase cl's model: forward(batch) -> the micro-batch's contrastive loss.
+
+    The loss sits inside the module the engine wraps, so that one engine call embeds the whole micro-batch,
+    however many cached chunks it takes (DeepSpeed hooks its backward bookkeeping onto each engine call's output).
+    """
+
+    def __init__(self, encoder: SentenceEncoder, loss: nn.Module, chunk_size: int | None = None):
+        super().__init__()
+        self.encoder, self.loss, self.chunk_size = encoder, loss, chunk_size
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        embeddings = forward_in_chunks(
+            self.encoder, self.chunk_size, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
+        return self.loss(embeddings, batch["levels"], batch.get("sources"))
 
 
 def contrastive_evaluator(

@@ -3,8 +3,9 @@
 The encoder gets the bottleneck (whose output feeds the decoder, as in phase dae) and the clustering Dense
 layer on top (whose output feeds the contrastive loss, as in phase cl). Each micro-batch is a contrastive
 batch of the imbalance-corrected set; L_DAE reconstructs those same texts (the first of each pair in pair
-mode) from their noisy versions. Optimisation comes from the joint section, noise from dae, the loss and
-the imbalance correction from cl. Artifact: like cl's ("DAECL").
+mode) from their noisy versions. Optimisation comes from the joint section, noise from dae, the loss, the
+imbalance correction and the cached chunks (cl.embed_chunk_size, for both objectives) from cl. Artifact: like cl's
+("DAECL").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from dcl_dist import loop
 from dcl_dist.data.batching import Tokenize
 from dcl_dist.losses.reconstruction import ReconstructionLoss
+from dcl_dist.models.chunked import forward_in_chunks
 from dcl_dist.models.decoder import TsdaeDecoder, build_tsdae_decoder
 from dcl_dist.models.encoder import SentenceEncoder
 from dcl_dist.phases.context import PhaseContext
@@ -32,7 +34,11 @@ from dcl_dist.phases.start import (
 
 
 class JointModel(nn.Module):
-    """Encoder with the DAE and CL objectives: w_dae * L_DAE(noisy -> clean) + w_cl * L_CL(clean embeddings)."""
+    """Encoder with the DAE and CL objectives: w_dae * L_DAE(noisy -> clean) + w_cl * L_CL(clean embeddings).
+
+    With chunk_size, both passes run in cached chunks (models/chunked.py): the denoising one is a per-text loss,
+    so its chunks need only their token losses; the contrastive loss sees every embedding of the micro-batch.
+    """
 
     def __init__(
         self,
@@ -42,20 +48,34 @@ class JointModel(nn.Module):
         dae_depth: int,
         dae_weight: float,
         cl_weight: float,
+        chunk_size: int | None = None,
     ):
         super().__init__()
         self.encoder, self.decoder, self.contrastive = encoder, decoder, contrastive
         self.reconstruction = ReconstructionLoss()
         self.dae_depth, self.dae_weight, self.cl_weight = dae_depth, dae_weight, cl_weight
+        self.chunk_size = chunk_size
+
+    def token_losses(
+        self,
+        dae_input_ids: torch.Tensor,
+        dae_attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        decoder_attention_mask: torch.Tensor,
+        decoder_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """(batch, seq) reconstruction losses of the clean texts from the noisy ones' sentence vectors."""
+        noisy = self.encoder(dae_input_ids, dae_attention_mask, depth=self.dae_depth)
+        return self.decoder(noisy, decoder_input_ids, decoder_attention_mask, decoder_labels)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        noisy = self.encoder(batch["dae_input_ids"], batch["dae_attention_mask"], depth=self.dae_depth)
-        token_losses = self.decoder(
-            noisy, batch["decoder_input_ids"], batch["decoder_attention_mask"], batch["decoder_labels"]
+        names = ("dae_input_ids", "dae_attention_mask", "decoder_input_ids", "decoder_attention_mask", "decoder_labels")
+        token_losses = forward_in_chunks(self.token_losses, self.chunk_size, **{k: batch[k] for k in names})
+        embeddings = forward_in_chunks(
+            self.encoder, self.chunk_size, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         )
-        embeddings = self.encoder(batch["input_ids"], batch["attention_mask"])
         l_dae = self.reconstruction(token_losses, batch["decoder_labels"])
-        l_cl = self.contrastive(embeddings, batch["levels"])
+        l_cl = self.contrastive(embeddings, batch["levels"], batch.get("sources"))
         return self.dae_weight * l_dae + self.cl_weight * l_cl
 
 
@@ -75,7 +95,15 @@ def build_model(ctx: PhaseContext) -> tuple[JointModel, object]:
         lora=uses_lora(cfg, phase),
     )
     contrastive = contrastive_loss(cfg, len(ctx.splits.label_names))
-    model = JointModel(encoder, decoder, contrastive, dae_depth, cfg.joint.dae_weight, cfg.joint.cl_weight)
+    model = JointModel(
+        encoder,
+        decoder,
+        contrastive,
+        dae_depth,
+        cfg.joint.dae_weight,
+        cfg.joint.cl_weight,
+        cfg.cl.embed_chunk_size,
+    )
     return model, tokenizer
 
 

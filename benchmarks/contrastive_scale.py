@@ -1,0 +1,313 @@
+"""Memory and time per example of phase cl's in-batch step against the global batch size, on gloo ranks (CPU).
+
+Three ways to compute one optimiser step of the in-batch cosine-MSE (or SupCon) loss over a global batch of N
+texts spread over W ranks (N / W each), with phase cl's model (ContrastiveModel) in a DeepSpeed engine:
+
+  plain    every rank gathers the batch with its graph and computes the whole N x N matrix (before issue 13)
+  local    every rank computes its own rows against the gathered columns, block by block (losses/local_rows.py)
+  cached   local, with the micro-batch embedded in cached chunks of --chunk texts (cl.embed_chunk_size)
+
+Each mode runs in one group of W spawned ranks, sizes ascending; before each size a rank frees what it can
+(gc, malloc_trim) and resets its peak resident set size (/proc/self/clear_refs), so "peak" is the most that rank
+held during that size's steps. The ranks run with glibc's MALLOC_MMAP_THRESHOLD_=131072 (unless
+--glibc-default): by default glibc raises that threshold as large blocks are freed, after which the freed chunk
+activations stay in its heap, fragmented between small live objects, and RSS grows with the number of chunks
+although the live tensors do not (measured: +170 MiB for 32 checkpointed chunks whose live memory is flat).
+Time per example: the mean wall time of the timed steps / N. Also counted: every collective of the last step
+(calls and bytes, dist.counting_collectives). A small random BERT (the tests' tiny model, MiniLM's tokenizer),
+synthetic texts of 4 to 15 words, 16 classes, one text in 20 a copy of another.
+
+    python benchmarks/contrastive_scale.py --world 4   # N = 1,024 ... 65,536; plain to 4,096, local to 16,384
+    python benchmarks/contrastive_scale.py --world 2 --sizes 64 256 --steps 1 --out /tmp/scale   # a smoke run
+
+Writes contrastive_scale.json and contrastive_scale.png under --out (default docs/results/cpu) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+MODES = ("plain", "local", "cached")
+SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+CLASSES = 16
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", type=int, default=4, help="gloo ranks")
+    p.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="global batch sizes")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--plain-max", type=int, default=4096, help="largest N for plain (its N x N graph per rank)")
+    p.add_argument("--local-max", type=int, default=16384, help="largest N for local (every activation kept)")
+    p.add_argument("--chunk", type=int, default=256, help="texts per cached chunk")
+    p.add_argument("--loss", choices=("cosine_mse", "supcon"), default="cosine_mse")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=2, help="ZeRO stage")
+    p.add_argument("--steps", type=int, default=2, help="timed optimiser steps per size")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "cpu")
+    p.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold (module doc)")
+    args = p.parse_args(argv)
+    bad = [n for n in args.sizes if n % args.world]
+    if bad:
+        p.error(f"--sizes {bad} do not split evenly over --world {args.world}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# On each rank
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size since the last reset_peak_rss (VmHWM)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Hand freed memory back to the system, then start the peak afresh from the current resident size."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+class PlainGatheredLoss:
+    """The loss before issue 13: the whole batch gathered with its graph and the N x N matrix on every rank."""
+
+    def __init__(self, loss_name: str):
+        self.loss_name = loss_name
+
+    def __call__(self, embeddings, levels, sources=None):
+        from dcl_dist import dist
+        from dcl_dist.losses.pair_cosine import all_pairs_cosine_mse, level_weights
+        from dcl_dist.losses.supcon import supcon
+
+        sizes = dist.all_gather_ints(embeddings.shape[0])
+        z = dist.all_gather_with_grad(embeddings.float(), sizes)
+        levels, sources = dist.all_gather_no_grad(levels, sizes), dist.all_gather_no_grad(sources, sizes)
+        if self.loss_name == "cosine_mse":
+            return all_pairs_cosine_mse(z, levels, level_weights(1, None), sources)
+        return supcon(z, levels[:, 0], 0.1, sources)
+
+
+def rank_batch(tokenizer, n: int, world: int, rank: int) -> dict:
+    """This rank's share of a synthetic global batch of n texts (the same on any number of ranks)."""
+    import random
+
+    import torch
+
+    rng = random.Random(n)
+    texts, labels, sources = [], [], []
+    for i in range(n):
+        if i % 20 == 19:  # a copy of an earlier text: the same source
+            j = rng.randrange(i)
+            text, label, source = texts[j], labels[j], sources[j]
+        else:
+            label, source = rng.randrange(CLASSES), i
+            text = " ".join([WORDS[label]] + rng.choices(WORDS, k=rng.randint(3, 14)))
+        texts.append(text)
+        labels.append(label)
+        sources.append(source)
+    mine = slice(rank * n // world, (rank + 1) * n // world)
+    enc = tokenizer(texts[mine], padding=True, return_tensors="pt")
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "levels": torch.tensor(labels[mine])[:, None],
+        "sources": torch.tensor(sources[mine]),
+    }
+
+
+def build_engine(model_dir: str, mode: str, args_dict: dict, run_dir: str):
+    import torch
+
+    from dcl_dist import engine
+    from dcl_dist.config import load_config
+    from dcl_dist.losses.pair_cosine import InBatchCosineLoss, level_weights
+    from dcl_dist.losses.supcon import SupConLoss
+    from dcl_dist.models.encoder import SentenceEncoder, load_backbone
+    from dcl_dist.phases.contrastive import ContrastiveModel
+
+    overrides = [f"run.dir={run_dir}", f"data.train={__file__}", f"deepspeed.zero_stage={args_dict['zero']}"]
+    cfg = load_config(None, [*overrides, "cl.micro_batch_size_per_rank=1", "cl.max_grad_norm=0"])
+    torch.manual_seed(0)
+    encoder = SentenceEncoder(load_backbone(model_dir, "eager"), "mean", n_dense=1)
+    if mode == "plain":
+        loss = PlainGatheredLoss(args_dict["loss"])
+    elif args_dict["loss"] == "cosine_mse":
+        loss = InBatchCosineLoss(level_weights(1, None))
+    else:
+        loss = SupConLoss(0.1)
+    chunk = args_dict["chunk"] if mode == "cached" else None
+    model = ContrastiveModel(encoder, loss, chunk)
+    return engine.initialize(model, cfg, "cl", total_steps=1000, hidden_size=encoder.hidden_size)
+
+
+def measure_mode(model_dir: str, mode: str, sizes: list[int], args_dict: dict, run_dir: str) -> list[dict]:
+    """On every rank: one engine, then each size in turn: warm-up steps, timed steps, the peak and the counts."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from dcl_dist import dist
+
+    torch.set_num_threads(args_dict["threads"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model_engine = build_engine(model_dir, mode, args_dict, run_dir)
+    out = []
+    for n in sizes:
+        batch = rank_batch(tokenizer, n, dist.world_size(), dist.rank())
+        dist.barrier()
+        reset_peak_rss()
+        baseline = peak_rss_mib()
+        times = []
+        for step in range(args_dict["warmup"] + args_dict["steps"]):
+            dist.barrier()
+            start = time.perf_counter()
+            with dist.counting_collectives() as counts:
+                loss = model_engine(batch)
+                model_engine.backward(loss)
+                model_engine.step()
+            dist.barrier()
+            if step >= args_dict["warmup"]:
+                times.append(time.perf_counter() - start)
+        row = {"mode": mode, "n": n, "rank": dist.rank(), "baseline_mib": baseline, "peak_mib": peak_rss_mib()}
+        row.update(seconds=sum(times) / len(times), loss=float(loss.item()))
+        row.update(calls=dict(counts.calls), bytes=dict(counts.bytes))
+        out.append(row)
+        del batch, loss
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The parent
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from helpers import make_tiny_model
+    from multiproc.spawn import run_ranks
+
+    if not args.glibc_default:  # read by each spawned rank's C library at start-up
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    rows = []
+    args_dict = {k: v for k, v in vars(args).items() if k != "out"}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(make_tiny_model(Path(tmp) / "model", hidden=args.hidden))
+        for mode in args.modes:
+            cap = {"plain": args.plain_max, "local": args.local_max}.get(mode)
+            sizes = sorted(n for n in args.sizes if cap is None or n <= cap)
+            if not sizes:
+                continue
+            started = time.perf_counter()
+            per_rank = run_ranks(measure_mode, args.world, Path(tmp), model_dir, mode, sizes, args_dict, tmp + "/run")
+            rows += summarise(per_rank, args.world)
+            print(f"{mode}: {len(sizes)} sizes in {time.perf_counter() - started:.0f} s", flush=True)
+    return rows
+
+
+def summarise(per_rank: list[list[dict]], world: int) -> list[dict]:
+    """One row per size: the largest peak over ranks, rank 0's time and counts."""
+    rows = []
+    for by_rank in zip(*per_rank):
+        first = by_rank[0]
+        rows.append(
+            {
+                "mode": first["mode"],
+                "global_batch": first["n"],
+                "ranks": world,
+                "peak_rss_mib": max(r["peak_mib"] for r in by_rank),
+                "start_rss_mib": max(r["baseline_mib"] for r in by_rank),
+                "seconds_per_step": max(r["seconds"] for r in by_rank),
+                "ms_per_example": 1000 * max(r["seconds"] for r in by_rank) / first["n"],
+                "loss": first["loss"],
+                "collectives_per_step": first["calls"],
+                "bytes_per_step": first["bytes"],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict], hidden: int) -> str:
+    """Markdown: per mode and size, peak RSS, its growth beyond the N x hidden fp32 buffer, time per example."""
+    lines = [
+        "| mode | global batch | peak RSS / rank (MiB) | growth from the smallest, less N x hidden x 4 B (%) "
+        "| s / step | ms / example | collectives / step (calls, MiB sent by rank 0) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        if not mine:
+            continue
+        first = mine[0]
+        for r in mine:
+            buffer = (r["global_batch"] - first["global_batch"]) * hidden * 4 / 2**20
+            growth = 100 * (r["peak_rss_mib"] - buffer - first["peak_rss_mib"]) / first["peak_rss_mib"]
+            comm = sum(r["collectives_per_step"].values()), sum(r["bytes_per_step"].values()) / 2**20
+            lines.append(
+                f"| {mode} | {r['global_batch']:,} | {r['peak_rss_mib']:.0f} | {growth:+.1f} "
+                f"| {r['seconds_per_step']:.2f} | {r['ms_per_example']:.3f} | {comm[0]}, {comm[1]:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (memory, speed) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        if mine:
+            n = [r["global_batch"] for r in mine]
+            memory.plot(n, [r["peak_rss_mib"] for r in mine], marker="o", label=mode)
+            speed.plot(n, [r["ms_per_example"] for r in mine], marker="o", label=mode)
+    for ax, label in ((memory, "peak RSS per rank (MiB)"), (speed, "ms per example")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("global batch (texts)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("In-batch contrastive step on gloo ranks (CPU): plain N x N, local rows, cached chunks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    rows = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["cpus"] = os.cpu_count()
+    (args.out / "contrastive_scale.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    plot(rows, args.out / "contrastive_scale.png")
+    print(table(rows, args.hidden))
+    elapsed = time.perf_counter() - started
+    print(f"written: {args.out / 'contrastive_scale.json'}, contrastive_scale.png ({elapsed:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
