@@ -50,6 +50,8 @@ class ModelConfig:
     """Tokens kept per text (longer texts are truncated and counted); auto: the model's limit, at most 512."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: sdpa (fused, fastest) or eager (reference)."""
+    packing: Literal["auto", "always", "never"] = "auto"
+    """Pack several texts per row so no compute goes to padding: auto when it saves >= 10% of a batch's slots."""
 
 
 @dataclass
@@ -188,6 +190,8 @@ class DeepSpeedConfig:
     """Offload to CPU memory: nothing, optimiser states (ZeRO 1-3), or also parameters (ZeRO 3)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU."""
+    mixed_precision: Literal["autocast", "deepspeed"] = "autocast"
+    """bf16/fp16 training: autocast (fp32 weights, torch.autocast, one fused AdamW) or deepspeed (16-bit weights)."""
     config_file: str | None = None
     """A DeepSpeed JSON to use instead of the shipped configs/deepspeed/zero<stage>.json ("auto" values filled)."""
 

@@ -43,6 +43,7 @@ def load_start(ctx: PhaseContext, phase: str) -> tuple[SentenceEncoder, Any]:
 
         encoder = SentenceEncoder(load_backbone(ctx.source, attn), cfg.model.pooling)
         tokenizer = AutoTokenizer.from_pretrained(ctx.source)
+    encoder.packing = cfg.model.packing
     if carry:
         lora.load_adapter(encoder.backbone, lora.read_adapter(previous), trainable=True)
     elif uses_lora(cfg, phase):
