@@ -83,7 +83,7 @@ class DataConfig:
     class_counts: dict[str | int, int] | None = None
     """Streaming: training examples per class of label_field; sets the labels and the correction without counting."""
     group_by_length: bool = True
-    """Fill each global batch with texts of similar length (less padding); in memory, not cl's in_batch mode."""
+    """Fill batches with texts of similar length (less padding): in memory (not cl in_batch), streamed (dae, ft)."""
     num_workers: int | None = None
     """DataLoader worker processes that tokenise ahead of the model; null: 2 on a GPU, 0 on a CPU."""
 
