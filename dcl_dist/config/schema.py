@@ -96,8 +96,8 @@ class PhaseConfig:
     """Passes over the phase's training data."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (caps epochs); null: no cap."""
-    micro_batch_size_per_rank: int = 16
-    """Examples (or pairs) one rank puts through the model per forward pass."""
+    micro_batch_size_per_rank: int | Literal["auto"] = 16
+    """Examples (or pairs) per rank and forward pass; auto: the largest that fits the GPU (16 on a CPU)."""
     global_batch_size: int | None = None
     """Examples per optimiser step over all ranks; must be micro_batch_size_per_rank x world size x k."""
     lr: float = 3.0e-5
