@@ -148,11 +148,31 @@ def initialize(
     model_engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
     if zero_stage(model_engine) == 0 and not (model_engine.bfloat16_enabled() or model_engine.fp16_enabled()):
         model_engine.clip_fp32_gradients = lambda: _clip_fp32_gradients(model_engine)
+    if cfg.model.compile:
+        compile_bodies(model_engine.module, zero_stage(model_engine))
     if dist.world_size() == 1 and zero_stage(model_engine) == 0:
         # one rank has nothing to reduce, but DeepSpeed's backward still flattens, "all-reduces" and copies back
         # every gradient: 20% of an ft step of MiniLM on the CPU (measured: backward 127 -> 81 ms)
         model_engine.enable_backward_allreduce = False
     return model_engine
+
+
+def compile_bodies(model: torch.nn.Module, stage: int) -> int:
+    """torch.compile (in place: parameter names unchanged) every transformer body in `model`; returns how many.
+
+    The bodies only: packing plans on the host and the losses stay eager. Shapes change from batch to batch
+    (length, packed rows), hence dynamic shapes. ZeRO-3's parameter hooks and compiled graphs do not mix here.
+    """
+    from transformers import PreTrainedModel
+
+    if stage == 3:
+        if dist.is_main():
+            log.info("model.compile: not with ZeRO stage 3 (its parameter hooks): running eagerly")
+        return 0
+    bodies = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+    for body in bodies:
+        body.compile(dynamic=True)
+    return len(bodies)
 
 
 def _stage_to_run(cfg: Config, phase: str, configured: int, asked: int | None) -> int:

@@ -50,6 +50,8 @@ class ModelConfig:
     """Tokens kept per text (longer texts are truncated and counted); auto: the model's limit, at most 512."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: sdpa (fused, fastest) or eager (reference)."""
+    compile: bool = False
+    """torch.compile the transformer bodies (not with ZeRO-3): it did not pay on the CPU; GPUs: benchmarks/gpu.sh."""
     packing: Literal["auto", "always", "never"] = "auto"
     """Pack several texts per row so no compute goes to padding: auto when it saves >= 10% of a batch's slots."""
 

@@ -160,3 +160,21 @@ def test_padded_vocabulary_projection_changes_no_loss(model_dir):
         projection.multiple = multiple
         results.append(_loss_and_grads(model, lambda m: m(**batch)))
     _assert_same(*results)
+
+
+@pytest.mark.slow
+def test_compiled_bodies_give_the_eager_embeddings_and_keep_parameter_names(model_dir):
+    from dcl_dist.engine import compile_bodies
+
+    tokenize = Tokenize(AutoTokenizer.from_pretrained(model_dir), 24)
+    batch = tokenize(TEXTS)
+    torch.manual_seed(0)
+    encoder = SentenceEncoder(load_backbone(str(model_dir)), "mean", n_dense=1).eval()
+    names = [n for n, _ in encoder.named_parameters()]
+    eager = encoder(batch["input_ids"], batch["attention_mask"])
+    assert compile_bodies(encoder, 3) == 0  # not with ZeRO-3
+    assert compile_bodies(encoder, 0) == 1
+    assert [n for n, _ in encoder.named_parameters()] == names  # checkpoints and ZeRO partitions unchanged
+    for packing in ("never", "always"):
+        encoder.packing = packing
+        assert (eager - encoder(batch["input_ids"], batch["attention_mask"])).abs().max() <= TOLERANCE
