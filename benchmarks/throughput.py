@@ -268,7 +268,8 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         flops += batches[i % 4]["flops"]
         real += real_tokens(batches[i % 4])
     if args.profile_dir:
-        os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{args.path}{'-compile' if args.compile else ''}-{args.lengths}.txt")
+        variant = args.path + ("-compile" if args.compile else "")
+        os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{variant}-{args.lengths}.txt")
     if os.environ.get("DCL_PROFILE"):  # where the time goes: the top GPU (or CPU) kernels of 3 more steps
         from torch.profiler import ProfilerActivity, profile
 
