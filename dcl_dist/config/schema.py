@@ -51,7 +51,8 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: sdpa (fused, fastest) or eager (reference)."""
     compile: bool = False
-    """torch.compile the transformer bodies (not with ZeRO-3): it did not pay on the CPU; GPUs: benchmarks/gpu.sh."""
+    """torch.compile the transformer bodies (not with ZeRO-3). Off: compiling costs about a minute per shape family
+    on the CPU, more than a short CPU run gains; on GPUs `COMPILE=1 bash benchmarks/gpu.sh` measures it."""
     packing: Literal["auto", "always", "never"] = "auto"
     """Pack several texts per row so no compute goes to padding: auto when it saves >= 10% of a batch's slots."""
 
