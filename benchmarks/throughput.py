@@ -184,15 +184,13 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         encoder, _ = load_start(context, phase)
         net, loss_fn = Classifier(encoder, ClassifierHead(encoder.hidden_size, 256, 8)), ClassificationLoss()
     vocab = encoder.backbone.config.vocab_size
-    model_engine = engine.initialize(
-        net, cfg, phase, total_steps=args.warmup + args.steps + 1, hidden_size=encoder.hidden_size
-    )
+    total_steps = (args.warmup + args.steps + 3) * len(args.lengths) + 1
+    model_engine = engine.initialize(net, cfg, phase, total_steps=total_steps, hidden_size=encoder.hidden_size)
     seq, batch = args.seq_len, args.batch_size
     enc_seq = max(2, round(seq * (1 - cfg.dae.deletion_ratio))) if phase == "dae" else seq
     gen = torch.Generator().manual_seed(0)
 
     pad_id = encoder.backbone.config.pad_token_id or 0
-    draws = iter(draw_lengths(args.lengths, seq, batch * 16, args.seed))
 
     def tokens(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of texts of these lengths, padded to the longest."""
@@ -200,7 +198,7 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         ids = torch.randint(1000, min(vocab, 20000), mask.shape, generator=gen).masked_fill(~mask, pad_id)
         return ids.to(device), mask.long().to(device)
 
-    def make_batch() -> dict:
+    def make_batch(draws) -> dict:
         lengths = [next(draws) for _ in range(batch)]
         ids, mask = tokens([max(2, round(n * enc_seq / seq)) for n in lengths])
         out = {"input_ids": ids, "attention_mask": mask}
@@ -252,8 +250,20 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         return time.perf_counter() - start, loss_seconds
 
     parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    rows = []
+    for lengths_name in args.lengths:  # one engine, several length distributions: the rows come one by one
+        draws = iter(draw_lengths(lengths_name, seq, batch * 4, args.seed))
+        batches = [make_batch(draws) for _ in range(4)]
+        rows.append(measure(lengths_name, batches, step, parts, real_tokens, args, device, phase))
+        rows[-1].update(precision=engine.resolve_precision(args.precision), batch=batch, seq=seq)
+    dist.shutdown()
+    return rows
 
-    batches = [make_batch() for _ in range(4)]
+
+def measure(lengths_name: str, batches: list[dict], step, parts: dict, real_tokens, args, device, phase) -> dict:
+    """Warm-up, timed steps and a profile on these batches: one row."""
+    import torch
+
     for i in range(args.warmup):
         step(batches[i % 4])
     if device.type == "cuda":
@@ -269,7 +279,7 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         real += real_tokens(batches[i % 4])
     if args.profile_dir:
         variant = args.path + ("-compile" if args.compile else "")
-        os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{variant}-{args.lengths}.txt")
+        os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{variant}-{lengths_name}.txt")
     if os.environ.get("DCL_PROFILE"):  # where the time goes: the top GPU (or CPU) kernels of 3 more steps
         from torch.profiler import ProfilerActivity, profile
 
@@ -286,16 +296,12 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
-    dist.shutdown()
     return {
         "phase": phase,
         "device": str(device),
-        "precision": engine.resolve_precision(args.precision),
         "path": args.path + ("+compile" if args.compile else ""),
-        "lengths": args.lengths,
-        "batch": batch,
-        "seq": seq,
-        "samples_per_s": batch * args.steps / seconds,
+        "lengths": lengths_name,
+        "samples_per_s": len(batches[0]["labels"]) * args.steps / seconds,
         "tokens_per_s": real / seconds,
         "model_tflops_per_s": flops / seconds / 1e12,
         "mfu": flops / seconds / peak,
@@ -342,7 +348,9 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--find-max-batch", action="store_true", help="GPU: use the largest batch that fits")
-    parser.add_argument("--lengths", default="full", choices=["full", "sst2", "snips"], help="text lengths drawn")
+    parser.add_argument(
+        "--lengths", nargs="+", default=["full"], choices=["full", "sst2", "snips"], help="text lengths drawn"
+    )
     parser.add_argument("--path", default="new", choices=["new", "today"], help="the code path (see above)")
     parser.add_argument("--compile", action="store_true", help="model.compile=true")
     parser.add_argument("--seed", type=int, default=0)
@@ -367,22 +375,25 @@ def main() -> None:
             phase_argv = argv
             if args.find_max_batch:
                 phase_argv = argv + ["--batch-size", str(largest_batch(phase, model_dir, args, argv))]
-            rows.append(in_subprocess(phase, phase_argv))
-            print(json.dumps(rows[-1]), flush=True)
+            for row in in_subprocess(phase, phase_argv):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print(
-        f"\nmodel {args.model}; seq {args.seq_len}, lengths {args.lengths}; path {rows[0]['path']};"
+        f"\nmodel {args.model}; seq {args.seq_len}; path {rows[0]['path']};"
         f" {rows[0]['device']}, {rows[0]['precision']};"
         f" peak: {rows[0]['peak']}"
     )
     print(
-        "| phase | batch | samples/s | tokens/s | model TFLOP/s | MFU | step ms | gathered-loss share | peak memory |"
+        "| phase | lengths | batch | samples/s | tokens/s | model TFLOP/s | MFU | step ms | optimiser ms "
+        "| gathered-loss share | peak memory |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         share = f"{100 * r['loss_share']:.1f}%" if r["loss_share"] is not None else "-"
         print(
-            f"| {r['phase']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-            f"{r['model_tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | {share} | "
+            f"| {r['phase']} | {r['lengths']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{r['model_tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | {r['optimizer_ms']:.0f} | "
+            f"{share} | "
             f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |"
         )
     if args.json:
