@@ -277,6 +277,7 @@ def measure(lengths_name: str, batches: list[dict], step, parts: dict, real_toke
         loss_times.append(loss_s)
         flops += batches[i % 4]["flops"]
         real += real_tokens(batches[i % 4])
+    timed = dict(parts)  # the profiled steps below add to parts
     if args.profile_dir:
         variant = args.path + ("-compile" if args.compile else "")
         os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{variant}-{lengths_name}.txt")
@@ -310,7 +311,7 @@ def measure(lengths_name: str, batches: list[dict], step, parts: dict, real_toke
         "memory_kind": "GPU max allocated" if device.type == "cuda" else "process peak RSS",
         "loss_share": sum(loss_times) / seconds if phase == "cl" else None,
         "step_ms": 1000 * seconds / args.steps,
-        **{f"{k}_ms": 1000 * v / args.steps for k, v in parts.items()},
+        **{f"{k}_ms": 1000 * v / args.steps for k, v in timed.items()},
     }
 
 
