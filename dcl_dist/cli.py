@@ -226,6 +226,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if problems:
                 print(f"  {phase} on {world} ranks: {problems[0]}")
                 continue
+            if p.micro_batch_size_per_rank == "auto":
+                print(
+                    f"  {phase} on {world} ranks: micro auto (found at the start of the phase), global batch"
+                    f" {p.global_batch_size or 'micro x ' + str(world)}"
+                )
+                continue
             acc = accumulation_steps(cfg, phase, world)
             print(
                 f"  {phase} on {world} ranks: micro {p.micro_batch_size_per_rank} x {world} ranks x {acc}"

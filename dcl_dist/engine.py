@@ -9,6 +9,7 @@ phase resumes, and so its ZeRO stage, is resume.py's decision, handed in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -39,6 +40,11 @@ def resolve_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def uses_autocast(cfg: Config) -> bool:
+    """Whether 16-bit training runs as torch.autocast over fp32 weights (deepspeed.mixed_precision: autocast)."""
+    return resolve_precision(cfg.deepspeed.precision) != "fp32" and cfg.deepspeed.mixed_precision == "autocast"
+
+
 def _template(cfg: Config) -> dict:
     settings = cfg.deepspeed
     if settings.config_file is not None:
@@ -67,6 +73,7 @@ def deepspeed_config(cfg: Config, phase: str, world_size: int, total_steps: int,
     p: PhaseConfig = getattr(cfg, phase)
     accumulation = accumulation_steps(cfg, phase, world_size)
     precision = resolve_precision(cfg.deepspeed.precision)
+    autocast = uses_autocast(cfg)
     warmup = max(1, round(p.warmup_ratio * total_steps))
     values = {
         "train_batch_size": p.micro_batch_size_per_rank * world_size * accumulation,
@@ -78,8 +85,9 @@ def deepspeed_config(cfg: Config, phase: str, world_size: int, total_steps: int,
         "scheduler.params.warmup_max_lr": p.lr,
         "scheduler.params.warmup_num_steps": warmup,
         "scheduler.params.total_num_steps": max(total_steps, warmup + 1),
-        "bf16.enabled": precision == "bf16",
-        "fp16.enabled": precision == "fp16",
+        # autocast: DeepSpeed's own 16-bit optimiser is off, the weights stay fp32 (see _autocast_section)
+        "bf16.enabled": precision == "bf16" and not autocast,
+        "fp16.enabled": precision == "fp16" and not autocast,
         # HF Trainer's ZeRO-3 rules of thumb, in the model's hidden size
         "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
         "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
@@ -88,6 +96,8 @@ def deepspeed_config(cfg: Config, phase: str, world_size: int, total_steps: int,
     out = _fill(_template(cfg), values)
     if cfg.deepspeed.config_file is None:
         out.setdefault("zero_optimization", {})["stage"] = cfg.deepspeed.zero_stage
+    if autocast:
+        out["torch_autocast"] = _autocast_section(precision)
     if not torch.cuda.is_available():
         out["zero_force_ds_cpu_optimizer"] = False  # torch's AdamW is the CPU optimiser here
     return out
@@ -102,6 +112,9 @@ def check_config_file(cfg: Config, phases: tuple[str, ...]) -> None:
     from pydantic import ValidationError
 
     for phase in phases:
+        p = getattr(cfg, phase)
+        if p.micro_batch_size_per_rank == "auto":  # chosen when the phase starts: any size checks the file
+            cfg = dataclasses.replace(cfg, **{phase: dataclasses.replace(p, micro_batch_size_per_rank=1)})
         config = deepspeed_config(cfg, phase, dist.world_size(), total_steps=100, hidden_size=768)
         try:
             DeepSpeedConfig(config)
@@ -114,6 +127,18 @@ def check_config_file(cfg: Config, phases: tuple[str, ...]) -> None:
                     " takes the value from the dcl_dist config)"
                 ]
             ) from None
+
+
+def _autocast_section(precision: str) -> dict:
+    """DeepSpeed's torch_autocast: fp32 weights, the forward under torch.autocast, torch's fused AdamW.
+
+    DeepSpeed's bf16 optimiser at stage 0 keeps 16-bit weights and fp32 master copies and copies gradients and
+    weights between them parameter by parameter: on an H100 a third of a RoBERTa-base step went to those launches
+    (docs/RESULTS.md). Here the optimiser is one multi-tensor kernel over the fp32 weights at stage 0, and one
+    kernel over the flat fp32 partition at stages 1-3. Linear layers' gradients are reduced in 16 bits, as
+    DeepSpeed's bf16 path reduces every gradient.
+    """
+    return {"enabled": True, "dtype": "bfloat16" if precision == "bf16" else "float16"}
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -148,13 +173,33 @@ def initialize(
         )
     groups = [g for g in _param_groups(model, getattr(cfg, phase).weight_decay) if g["params"]]
     model_engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
-    if zero_stage(model_engine) == 0 and resolve_precision(cfg.deepspeed.precision) == "fp32":
+    if zero_stage(model_engine) == 0 and not (model_engine.bfloat16_enabled() or model_engine.fp16_enabled()):
         model_engine.clip_fp32_gradients = lambda: _clip_fp32_gradients(model_engine)
+    if cfg.model.compile:
+        compile_bodies(model_engine.module, zero_stage(model_engine))
     if dist.world_size() == 1 and zero_stage(model_engine) == 0:
         # one rank has nothing to reduce, but DeepSpeed's backward still flattens, "all-reduces" and copies back
         # every gradient: 20% of an ft step of MiniLM on the CPU (measured: backward 127 -> 81 ms)
         model_engine.enable_backward_allreduce = False
     return model_engine
+
+
+def compile_bodies(model: torch.nn.Module, stage: int) -> int:
+    """torch.compile (in place: parameter names unchanged) every transformer body in `model`; returns how many.
+
+    The bodies only: packing plans on the host and the losses stay eager. Shapes change from batch to batch
+    (length, packed rows), hence dynamic shapes. ZeRO-3's parameter hooks and compiled graphs do not mix here.
+    """
+    from transformers import PreTrainedModel
+
+    if stage == 3:
+        if dist.is_main():
+            log.info("model.compile: not with ZeRO stage 3 (its parameter hooks): running eagerly")
+        return 0
+    bodies = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+    for body in bodies:
+        body.compile(dynamic=True)
+    return len(bodies)
 
 
 def _stage_to_run(cfg: Config, phase: str, configured: int, asked: int | None) -> int:
@@ -177,13 +222,31 @@ def learning_rate(model_engine) -> float:
 
 
 def _clip_fp32_gradients(model_engine) -> None:
-    """Stage 0 in fp32: clip with PyTorch's multi-tensor kernels and keep the norm for the logs. DeepSpeed's own
-    clip here loops over the parameters in Python (25 ms of a 475 ms MiniLM dae step on the CPU) and drops
-    the norm it computed."""
+    """Stage 0 with fp32 weights: clip with PyTorch's multi-tensor kernels and keep the norm for the logs.
+    DeepSpeed's own clip here loops over the parameters in Python (25 ms of a 475 ms MiniLM dae step on the CPU)
+    and drops the norm it computed."""
     params = [p for p in model_engine.module.parameters() if p.grad is not None]
-    model_engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(
-        params, model_engine.gradient_clipping(), foreach=True
-    )
+    max_norm = model_engine.gradient_clipping()
+    if not params or params[0].device.type != "cpu" or not hasattr(torch.nn.utils, "get_total_norm"):  # torch < 2.6
+        model_engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    # PyTorch scales by min(1, max_norm / (norm + 1e-6)) even when that is 1, so as not to wait for the norm on a
+    # GPU; on the CPU the norm is at hand, and a scaling by exactly 1 changes no bit: skipped, it saves a read and a
+    # write of every gradient
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    model_engine._global_grad_norm = norm
+    if (max_norm / (norm + 1e-6)).item() < 1.0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+
+
+@contextlib.contextmanager
+def autocast(model_engine) -> Iterator[None]:
+    """The engine's forward precision outside its forward (validation calls the module itself)."""
+    if not model_engine.torch_autocast_enabled():
+        yield
+        return
+    with torch.autocast(dist.device().type, dtype=model_engine.torch_autocast_dtype()):
+        yield
 
 
 def grad_norm(model_engine) -> float | None:

@@ -212,7 +212,9 @@ class _Training:
         sums = torch.zeros(2, device=self.device)  # loss, real tokens: read once per step (one device sync)
         samples = 0
         for _ in range(self.accumulation):
+            waited = time.perf_counter()
             batch = next(micro_batches)
+            self.window.waited(time.perf_counter() - waited)
             self.data_state = batch.pop("data_state", self.data_state)
             batch = to_device(batch, self.device)
             loss = self.forward_backward(batch)
@@ -282,7 +284,7 @@ class _Training:
         state.eval_pending = False
         self.model_engine.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), engine.autocast(self.model_engine):
                 metrics = run.evaluate()
         except interrupt.EvaluationStopped:
             # the step is trained: its checkpoint is written without the evaluation, which runs first on resume
@@ -329,21 +331,29 @@ class _Training:
 
 
 class _Throughput:
-    """Samples and real tokens per second over the steps since the last log."""
+    """Samples and real tokens per second over the steps since the last log, and the share of that time spent
+    waiting for the next batch (the loop syncs with the device once a step, so on a GPU that is idle time)."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.start, self.samples, self.tokens = time.perf_counter(), 0.0, 0.0
+        self.start, self.samples, self.tokens, self.waiting = time.perf_counter(), 0.0, 0.0, 0.0
 
     def add(self, samples: float, tokens: float) -> None:
         self.samples += samples
         self.tokens += tokens
 
+    def waited(self, seconds: float) -> None:
+        self.waiting += seconds
+
     def rates(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {"samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed}
+        return {
+            "samples_per_s": self.samples / elapsed,
+            "tokens_per_s": self.tokens / elapsed,
+            "data_wait_share": self.waiting / elapsed,
+        }
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -26,6 +26,7 @@ from dcl_dist.data.splits import Splits, load_splits
 from dcl_dist.errors import ConfigError, DataError, ModelError
 from dcl_dist.models.artifact import DAMAGED_FIX, artifact_problems, is_complete, read_meta
 from dcl_dist.phases import cl, dae, ft, joint
+from dcl_dist.phases.batch_size import fit_micro_batch
 from dcl_dist.phases.context import PhaseContext
 from dcl_dist.rundir import PhaseDir, RunDir
 
@@ -294,6 +295,7 @@ def run_phase(cfg: Config, phase: str, settings: dict, ctx: PhaseContext, inputs
     dist.barrier()
     resume_from = resume.find(phase_dir, dist.world_size())
     ctx = dataclasses.replace(ctx, cfg=resume.keep_global_batch(cfg, phase, resume_from), resume=resume_from)
+    ctx = dataclasses.replace(ctx, cfg=fit_micro_batch(ctx, phase))
     PHASES[phase](ctx)
     if dist.is_main():
         write_text(ctx.run_dir.metrics_file, json.dumps(collect_metrics(ctx.run_dir, cfg), indent=2))

@@ -125,6 +125,10 @@ def keep_global_batch(cfg: Config, phase: str, resume: Resume | None) -> Config:
     if resume is None or resume.global_batch_size is None or p.global_batch_size is not None:
         return cfg  # an explicit global batch is one of the phase's settings: the pipeline's check_settings compares it
     saved, world = resume.global_batch_size, resume.world_size
+    if p.micro_batch_size_per_rank == "auto":  # phases/batch_size.py then picks a micro-batch that divides it
+        pinned = copy.deepcopy(cfg)
+        getattr(pinned, phase).global_batch_size = saved
+        return pinned
     per_step = p.micro_batch_size_per_rank * world
     if saved == per_step * accumulation_steps(cfg, phase, world):
         return cfg

@@ -26,6 +26,9 @@ STREAM_COPIES = 4
 """How many copies the imbalance correction makes of a streamed example: (seed, STREAM_COPIES, sample id, pass)."""
 STREAM_PAIRS = 5
 """Pair mode's pairing of a streamed micro-batch: (seed, STREAM_PAIRS, rank, micro-batch number)."""
+STREAM_LENGTH_WINDOWS = 6
+"""The order of a stream's length-sorted micro-batches within a window: (seed, STREAM_LENGTH_WINDOWS, window);
+every rank draws the same, so that the ranks' micro-batches of one step have similar lengths."""
 
 
 def epoch_permutation_rng(seed: int, epoch: int) -> np.random.Generator:

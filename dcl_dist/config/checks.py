@@ -99,9 +99,10 @@ def _check_phases(cfg: Config, bad: Bad) -> None:
             bad(f"{name}.epochs", f"is {phase.epochs}: it must be at least 1")
         if phase.max_steps is not None and phase.max_steps < 1:
             bad(f"{name}.max_steps", "must be at least 1, or null for no cap")
-        if phase.micro_batch_size_per_rank < 1:
-            bad(f"{name}.micro_batch_size_per_rank", "must be at least 1")
-        if phase.global_batch_size is not None and phase.global_batch_size < phase.micro_batch_size_per_rank:
+        micro = phase.micro_batch_size_per_rank
+        if micro != "auto" and micro < 1:
+            bad(f"{name}.micro_batch_size_per_rank", "must be at least 1, or auto")
+        if phase.global_batch_size is not None and phase.global_batch_size < (1 if micro == "auto" else micro):
             bad(f"{name}.global_batch_size", "must be at least micro_batch_size_per_rank, or null")
         if phase.weight_decay < 0:
             bad(f"{name}.weight_decay", "must be >= 0")

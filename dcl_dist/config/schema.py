@@ -50,6 +50,11 @@ class ModelConfig:
     """Tokens kept per text (longer texts are truncated and counted); auto: the model's limit, at most 512."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: sdpa (fused, fastest) or eager (reference)."""
+    compile: bool = False
+    """torch.compile the transformer bodies (not with ZeRO-3). Off: compiling costs about a minute per shape family
+    on the CPU, more than a short CPU run gains; on GPUs `COMPILE=1 bash benchmarks/gpu.sh` measures it."""
+    packing: Literal["auto", "always", "never"] = "auto"
+    """Pack several texts per row so no compute goes to padding: auto when it saves >= 10% of a batch's slots."""
 
 
 @dataclass
@@ -81,7 +86,7 @@ class DataConfig:
     class_counts: dict[str | int, int] | None = None
     """Streaming: training examples per class of label_field; sets the labels and the correction without counting."""
     group_by_length: bool = True
-    """Fill each global batch with texts of similar length (less padding); in memory, not cl's in_batch mode."""
+    """Fill batches with texts of similar length (less padding): in memory (not cl in_batch), streamed (dae, ft)."""
     num_workers: int | None = None
     """DataLoader worker processes that tokenise ahead of the model; null: 2 on a GPU, 0 on a CPU."""
 
@@ -94,8 +99,8 @@ class PhaseConfig:
     """Passes over the phase's training data."""
     max_steps: int | None = None
     """Stop after this many optimiser steps (caps epochs); null: no cap."""
-    micro_batch_size_per_rank: int = 16
-    """Examples (or pairs) one rank puts through the model per forward pass."""
+    micro_batch_size_per_rank: int | Literal["auto"] = 16
+    """Examples (or pairs) per rank and forward pass; auto: the largest that fits the GPU (16 on a CPU)."""
     global_batch_size: int | None = None
     """Examples per optimiser step over all ranks; must be micro_batch_size_per_rank x world size x k."""
     lr: float = 3.0e-5
@@ -190,6 +195,8 @@ class DeepSpeedConfig:
     """Offload to CPU memory: nothing, optimiser states (ZeRO 1-3), or also parameters (ZeRO 3)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU."""
+    mixed_precision: Literal["autocast", "deepspeed"] = "autocast"
+    """bf16/fp16 training: autocast (fp32 weights, torch.autocast, one fused AdamW) or deepspeed (16-bit weights)."""
     config_file: str | None = None
     """A DeepSpeed JSON to use instead of the shipped configs/deepspeed/zero<stage>.json ("auto" values filled)."""
 

@@ -44,6 +44,13 @@ class BatchPlan:
 def check_world(cfg: Config, phase: str, world_size: int) -> list[str]:
     """Problems with a phase's batch sizes at this world size (known only once the launcher has started)."""
     p: PhaseConfig = getattr(cfg, phase)
+    if p.micro_batch_size_per_rank == "auto":
+        if p.global_batch_size is not None and p.global_batch_size % world_size:
+            return [
+                f"'{phase}.global_batch_size' ({p.global_batch_size}) is not divisible by the world size"
+                f" ({world_size}), which micro_batch_size_per_rank: auto needs: use a multiple of {world_size}"
+            ]
+        return []  # phases/batch_size.py picks a micro-batch that divides the global batch
     per_step = p.micro_batch_size_per_rank * world_size
     if p.global_batch_size is not None and p.global_batch_size % per_step:
         lower = max(per_step, p.global_batch_size // per_step * per_step)

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from dcl_dist.models import packing as packing_
+
 
 class Dense(nn.Module):
     """Linear + tanh; named `linear` like sentence-transformers' Dense, so its weights load there unchanged."""
@@ -29,11 +31,13 @@ def pool(token_states: torch.Tensor, attention_mask: torch.Tensor, mode: str) ->
 class SentenceEncoder(nn.Module):
     """backbone -> pooling -> dense layers: (batch, seq) token ids -> (batch, hidden) sentence vectors."""
 
-    def __init__(self, backbone: nn.Module, pooling: str = "mean", n_dense: int = 0):
+    def __init__(self, backbone: nn.Module, pooling: str = "mean", n_dense: int = 0, packing: str = "auto"):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         self.dense = nn.ModuleList(Dense(self.hidden_size) for _ in range(n_dense))
+        self.packing = packing
+        """model.packing: auto, always or never (models/packing.py)."""
         _freeze_pooler(backbone)
 
     @property
@@ -45,8 +49,21 @@ class SentenceEncoder(nn.Module):
         self.dense.append(Dense(self.hidden_size).to(next(self.backbone.parameters()).device))
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(states, attention_mask, self.pooling)
+        return pool(self.token_states(input_ids, attention_mask), attention_mask, self.pooling)
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) right-padded token ids -> (batch, seq, hidden), computed packed where that saves work."""
+        config = self.backbone.config
+        plan = packing_.plan(attention_mask.bool(), self.packing) if packing_.supports_packing(config) else None
+        if plan is None:
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        eager = config._attn_implementation == "eager"
+        states = self.backbone(
+            input_ids=plan.pack(input_ids, config.pad_token_id or 0),
+            attention_mask=plan.self_attention_mask(causal=False, dtype=_mask_dtype(self.backbone) if eager else None),
+            position_ids=plan.positions(packing_.first_position(config)),
+        ).last_hidden_state
+        return plan.unpack(states)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int | None = None) -> torch.Tensor:
         """Sentence vectors after the first `depth` dense layers (all by default)."""
@@ -54,6 +71,11 @@ class SentenceEncoder(nn.Module):
         for layer in self.dense[:depth]:
             x = layer(x)
         return x
+
+
+def _mask_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of an additive attention mask (eager attention adds it to the scores): the weights' dtype."""
+    return next(module.parameters()).dtype
 
 
 def _freeze_pooler(backbone: nn.Module) -> None:

@@ -59,6 +59,7 @@ def build_model(ctx: PhaseContext) -> tuple[DaeModel, object]:
         encoder.backbone,
         tied=cfg.dae.tie_decoder,
         lora=uses_lora(cfg, "dae"),
+        packing=cfg.model.packing,
     )
     return DaeModel(encoder, decoder), tokenizer
 

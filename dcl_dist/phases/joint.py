@@ -93,6 +93,7 @@ def build_model(ctx: PhaseContext) -> tuple[JointModel, object]:
         encoder.backbone,
         tied=cfg.dae.tie_decoder,
         lora=uses_lora(cfg, phase),
+        packing=cfg.model.packing,
     )
     contrastive = contrastive_loss(cfg, len(ctx.splits.label_names))
     model = JointModel(

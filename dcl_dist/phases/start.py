@@ -51,6 +51,7 @@ def load_start(ctx: PhaseContext, phase: str) -> tuple[SentenceEncoder, Any]:
                 f"'model.name_or_path' {ctx.source} cannot be loaded ({type(e).__name__}: {why}): check the name, or"
                 " copy the model folder again"
             ) from None
+    encoder.packing = cfg.model.packing
     if carry:
         lora.load_adapter(encoder.backbone, lora.read_adapter(previous), trainable=True)
     elif uses_lora(cfg, phase):

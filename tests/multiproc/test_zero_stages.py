@@ -56,7 +56,7 @@ def test_zero_stages_give_the_same_loss_curve(curves):
             assert b == pytest.approx(a, rel=RELATIVE_TOLERANCE), (stage, reference, curves[stage])
 
 
-def _weights_in_sync(model_dir: str, run_dir: str, stage: int) -> bool:
+def _weights_in_sync(model_dir: str, run_dir: str, stage: int, precision: str = "fp32") -> bool:
     """Train the tied DAE 3 steps on different data per rank; every rank must hold the same weights."""
     from transformers import AutoTokenizer
 
@@ -73,6 +73,7 @@ def _weights_in_sync(model_dir: str, run_dir: str, stage: int) -> bool:
             f"model.name_or_path={model_dir}",
             f"data.train={__file__}",
             f"deepspeed.zero_stage={stage}",
+            f"deepspeed.precision={precision}",  # bf16: autocast over fp32 weights (deepspeed.mixed_precision)
             "dae.micro_batch_size_per_rank=3",
             "dae.lr=1e-2",
         ],
@@ -95,6 +96,7 @@ def _weights_in_sync(model_dir: str, run_dir: str, stage: int) -> bool:
     return dist.same_on_all_ranks({n: w.numpy().tobytes() for n, w in weights.items()})
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_ranks_keep_identical_weights(stage, tmp_path, tiny_model):
-    assert run_ranks(_weights_in_sync, 2, tmp_path, str(tiny_model), str(tmp_path / "run"), stage) == [True, True]
+@pytest.mark.parametrize("stage, precision", [(0, "fp32"), (2, "fp32"), (2, "bf16")])
+def test_ranks_keep_identical_weights(stage, precision, tmp_path, tiny_model):
+    run = str(tmp_path / "run")
+    assert run_ranks(_weights_in_sync, 2, tmp_path, str(tiny_model), run, stage, precision) == [True, True]

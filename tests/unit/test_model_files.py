@@ -133,6 +133,21 @@ def test_deepspeeds_own_refusals_name_the_file(tmp_path):
     engine.check_config_file(cfg, ("dae", "ft"))
 
 
+def test_a_deepspeed_file_is_checked_before_an_auto_micro_batch_is_chosen(tmp_path):
+    """micro_batch_size_per_rank: auto is chosen when the phase starts; the file's check runs before and must not
+    trip over the not yet chosen size (a TypeError once), nor leave the size changed."""
+    from dcl_dist import engine
+
+    path = tmp_path / "ds.json"
+    path.write_text((Path(engine.TEMPLATES) / "zero2.json").read_text())
+    cfg = load_config(
+        None,
+        [TRAIN, f"deepspeed.config_file={path}", "dae.micro_batch_size_per_rank=auto", "dae.global_batch_size=64"],
+    )
+    engine.check_config_file(cfg, ("dae", "ft"))
+    assert cfg.dae.micro_batch_size_per_rank == "auto"
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

@@ -73,6 +73,8 @@ class StreamFeed:
     ):
         self.cfg, self.kind, self.stream, self.plan, self.num_workers = cfg, kind, stream, plan, num_workers
         contrastive = kind in ("cl", "joint")
+        # as in memory: contrastive batches keep their mix (in-batch negatives, pairs drawn within a micro-batch)
+        self.lengths = tokenize.lengths if cfg.data.group_by_length and not contrastive else None
         self.ratios = ratios if contrastive else None
         self.sources = [stream.source, *stream.unlabelled] if kind == "dae" else [stream.source]
         self.label_fields = [] if kind == "dae" else [cfg.data.label_field, *cfg.data.hierarchy_fields]
@@ -116,6 +118,7 @@ class StreamFeed:
             self.ratios,
             self.group,
             self.datasets,
+            self.lengths,
         )
 
     def batches(self, epoch: int, start: int, data_state: dict | None = None) -> Iterator[dict]:

@@ -4,22 +4,22 @@ with exactly the micro-batches the uninterrupted run would have seen."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from dcl_dist import dist
 from dcl_dist.config import Config
 from dcl_dist.data.balance import stream_copies
-from dcl_dist.data.batching import Example
-from dcl_dist.data.noise import keyed_int, keyed_uniform, text_id
+from dcl_dist.data.batching import LENGTH_WINDOW, Example
+from dcl_dist.data.noise import keyed_int, keyed_rng, keyed_uniform, text_id
 from dcl_dist.data.sources import LabelKinds, class_label_names
 from dcl_dist.data.streaming.reading import RecordReader, open_source, rank_share, share_rows
 from dcl_dist.errors import DataError
-from dcl_dist.seeds import STREAM_BUFFER, STREAM_COPIES
+from dcl_dist.seeds import STREAM_BUFFER, STREAM_COPIES, STREAM_LENGTH_WINDOWS
 
-STATE_VERSION = 1
-"""Bumped when the layout of a stream's checkpointed state changes."""
+STATE_VERSION = 2
+"""Bumped when the layout of a stream's checkpointed state changes (2: length-sorted windows)."""
 
 
 @dataclass
@@ -45,6 +45,10 @@ class StreamState:
     """class_aware batching: examples of completed groups, waiting for a micro-batch."""
     micro_batches: int = 0
     """Micro-batches produced so far (the loop's position: (epoch x steps_per_epoch + step) x accumulation)."""
+    windows: int = 0
+    """Length grouping: windows sorted so far (their order's random numbers are keyed on this counter)."""
+    sorted: list[list[Example]] = field(default_factory=list)
+    """Length grouping: the current window's micro-batches still to come."""
 
 
 class RankStream:
@@ -60,10 +64,12 @@ class RankStream:
         ratios: list[float] | None = None,
         group: int | None = None,
         datasets: dict[str, Any] | None = None,
+        lengths: Callable[[list[str]], list[int]] | None = None,
     ):
-        """ratios: per-class oversampling of the correction (None: none); group: class_aware group size."""
+        """ratios: per-class oversampling of the correction (None: none); group: class_aware group size;
+        lengths: texts -> token counts, to group micro-batches by length (None: no grouping)."""
         self.cfg, self.sources, self.label_fields, self.micro = cfg, sources, label_fields, micro
-        self.ratios, self.group = ratios, group
+        self.ratios, self.group, self.lengths = ratios, group, lengths
         self.index = [{name: i for i, name in enumerate(level)} for level in label_names]
         self.label_names = label_names
         self.seed, self.rank, self.world = cfg.run.seed, dist.rank(), dist.world_size()
@@ -178,9 +184,27 @@ class RankStream:
 
     def next_micro_batch(self) -> tuple[int, list[Example]]:
         """(its number, its examples): the next micro-batch of this rank."""
-        examples = [self._next_example() for _ in range(self.micro)]
+        if self.lengths is None:
+            examples = [self._next_example() for _ in range(self.micro)]
+        else:
+            if not self.state.sorted:
+                self._sort_window()
+            examples = self.state.sorted.pop(0)
         self.state.micro_batches += 1
         return self.state.micro_batches - 1, examples
+
+    def _sort_window(self) -> None:
+        """The next LENGTH_WINDOW micro-batches' examples, sorted by token count, cut into micro-batches that come
+        in a keyed random order: what data.group_by_length does in memory (streamed dae read 22.6 samples/s on
+        the CPU against 38 in memory, mostly for padding)."""
+        st = self.state
+        examples = [self._next_example() for _ in range(self.micro * LENGTH_WINDOW)]
+        lengths = self.lengths([e.text for e in examples])
+        ranked = [examples[i] for i in sorted(range(len(examples)), key=lengths.__getitem__)]
+        batches = [ranked[i : i + self.micro] for i in range(0, len(ranked), self.micro)]
+        keyed_rng(self.seed, STREAM_LENGTH_WINDOWS, st.windows).shuffle(batches)
+        st.windows += 1
+        st.sorted = batches
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -201,11 +225,13 @@ class RankStream:
             "groups": {k: list(v) for k, v in st.groups.items()},
             "ready": list(st.ready),
             "micro_batches": st.micro_batches,
+            "windows": st.windows,
+            "sorted": [list(b) for b in st.sorted],
         }
 
     def restore(self, saved: dict) -> None:
         """Go on from a snapshot (of this rank, at this world size)."""
-        if saved.get("version") != STATE_VERSION or (saved["rank"], saved["world"]) != (self.rank, self.world):
+        if saved.get("version") not in (1, STATE_VERSION) or (saved["rank"], saved["world"]) != (self.rank, self.world):
             raise ValueError(
                 f"stream state of rank {saved.get('rank')} / {saved.get('world')} ranks, version"
                 f" {saved.get('version')}: not this rank's"
@@ -222,5 +248,7 @@ class RankStream:
             groups={k: [Example(*e) for e in v] for k, v in saved["groups"].items()},
             ready=[Example(*e) for e in saved["ready"]],
             micro_batches=saved["micro_batches"],
+            windows=saved.get("windows", 0),  # version 1 states (no length grouping) have neither
+            sorted=[[Example(*e) for e in b] for b in saved.get("sorted", [])],
         )
         self._rows = self._share = None
