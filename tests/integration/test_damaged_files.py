@@ -109,7 +109,8 @@ def user_files(tmp_path_factory, tiny_model) -> Path:
         "model": {"name_or_path": "model", "max_length": 24},
         "data": {"train": "train.jsonl", "test": "test.jsonl"},
         "ft": {"max_steps": 6, "micro_batch_size_per_rank": 8, "eval_every_steps": 2},
-        "checkpoint": {"every_steps": 2},
+        # keep_finished: the checkpoints of the finished phase are what the checkpoint cases damage
+        "checkpoint": {"every_steps": 2, "keep_finished": True},
         "logging": {"progress_bar": False, "tensorboard": False},
     }
     (root / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
