@@ -122,12 +122,13 @@ def export(
             )
         adapter = read_adapter(source / ADAPTER_DIR)
         with replacing_folder(out) as folder:
-            write_adapter_artifact(folder, art.encoder, art.tokenizer, meta, max_length, art.head, adapter)
+            write_adapter_artifact(folder, art.encoder, art.tokenizer, meta, max_length, art.head, adapter, out)
         log.info("adapter of rank %d on %s (phases %s)", adapter.config.r, adapter.base, art.meta["lora"]["phases"])
     else:
         # one layout serves both merged and sentence-transformers: transformers opens the backbone,
         # sentence-transformers the encoder, dcl-dist predict the classifier; the backbone already holds the
         # adapters merged in, so no adapter/ goes along
         with replacing_folder(out) as folder:
-            write_artifact(folder, art.encoder, art.tokenizer, {**meta, "lora": None}, max_length, art.head)
+            meta = {**meta, "lora": None}
+            write_artifact(folder, art.encoder, art.tokenizer, meta, max_length, art.head, shown_path=out)
     return out

@@ -105,11 +105,13 @@ def write_artifact(
     max_length: int,
     head: ClassifierHead | None = None,
     adapter: Adapter | None = None,
+    shown_path: Path | None = None,
 ) -> None:
     """Write an artifact folder atomically (call on rank 0, inside engine.full_parameters under ZeRO-3).
 
     A LoRA backbone is saved with its adapter merged in, so the folder stays a plain model; `adapter` (the
-    adapter that gives these weights on adapter.base) goes to adapter/ beside it.
+    adapter that gives these weights on adapter.base) goes to adapter/ beside it. The model card's snippets load
+    it from shown_path (where the folder will live when a caller builds it elsewhere first), else from path.
     """
     backbone = encoder.backbone
     state = merged_state_dict(backbone) if has_adapter(backbone) else backbone.state_dict()
@@ -132,7 +134,7 @@ def write_artifact(
         )
         if adapter is not None:
             write_adapter(partial / ADAPTER_DIR, adapter)
-        write_card(partial, path, read_meta(partial))
+        write_card(partial, shown_path or path, read_meta(partial))
 
 
 def write_adapter_artifact(
@@ -143,15 +145,17 @@ def write_adapter_artifact(
     max_length: int,
     head: ClassifierHead | None,
     adapter: Adapter,
+    shown_path: Path | None = None,
 ) -> None:
-    """The adapter form: a standard peft adapter folder (on adapter.base), plus pooling, dense layers and head."""
+    """The adapter form: a standard peft adapter folder (on adapter.base), plus pooling, dense layers and head;
+    shown_path as in write_artifact."""
     parts = _parts(encoder, head)
     _refuse_empty(path, {**adapter.weights, **_flat(parts)})
     with _building(path) as partial:
         write_adapter(partial, adapter)
         tokenizer.save_pretrained(partial)
         _write_parts(partial, encoder, parts, meta, max_length, head)
-        write_card(partial, path, read_meta(partial))
+        write_card(partial, shown_path or path, read_meta(partial))
 
 
 def _parts(encoder: SentenceEncoder, head: ClassifierHead | None) -> dict[str, dict[str, torch.Tensor]]:

@@ -159,8 +159,11 @@ def test_model_card_snippets_run(lora_run, folder, tmp_path):
 def test_every_artifact_and_export_carries_a_card(lora_run):
     run_dir, _ = lora_run
     for folder in ("dae/artifact", "cl/artifact", "ft/artifact", "export/adapter", "export/merged"):
-        data = ModelCard((run_dir / folder / "README.md").read_text()).data
+        card = (run_dir / folder / "README.md").read_text()
+        data = ModelCard(card).data
         assert data.library_name in ("sentence-transformers", "peft") and data.tags, folder
+        # the snippets load the folder where it lives, not where it was built before the rename into place
+        assert str(run_dir / folder) in card and ".partial" not in card, folder
     encoder_card = (run_dir / "cl" / "artifact" / "README.md").read_text()
     assert "sentence-similarity" in encoder_card and "dcl-dist predict" not in encoder_card
     assert "Training examples per class, before and after the imbalance correction" in encoder_card

@@ -101,7 +101,7 @@ def _train_and_export(model_dir: str, train: str, run_dir: str, stage: int) -> d
     save_artifact(ctx, "ft", model_engine, encoder, tokenizer, 24, {}, head=model_engine.module.head)
     if not dist.is_main():
         return None
-    exports = {form: export(Path(run_dir), form, Path(run_dir) / "out" / form, "ft") for form in FORMS}
+    exports = {form: export(Path(run_dir), form, Path(run_dir).parent / "out" / form, "ft") for form in FORMS}
     out.update(
         dae_count=dae_count,
         ft_count=ft_count,
