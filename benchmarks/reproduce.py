@@ -50,27 +50,21 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+# each variant's phases, and the imbalance preset no_imb / extra_imb fix, as dcl_dist's config defines them
+from dcl_dist.config.schema import IMBALANCE_PRESETS  # noqa: E402 (after the path)
+from dcl_dist.config.schema import VARIANT_IMBALANCE as IMBALANCE  # noqa: E402
+from dcl_dist.config.schema import VARIANTS as PHASES  # noqa: E402
+
 DATA = Path(
     os.environ.get("DCL_DIST_DATA")
     or next((p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()), REPO / "shared" / "data")
 )
 """The datasets: $DCL_DIST_DATA, else the nearest shared/data above the checkout (a worktree sits deeper)."""
 
-VARIANTS = ["three_phase", "joint", "dae_ft", "cl_ft", "ft", "no_imb", "extra_imb"]
-PHASES = {
-    "three_phase": ("dae", "cl", "ft"),
-    "joint": ("joint", "ft"),
-    "dae_ft": ("dae", "ft"),
-    "cl_ft": ("cl", "ft"),
-    "ft": ("ft",),
-    "no_imb": ("dae", "cl", "ft"),
-    "extra_imb": ("dae", "cl", "ft"),
-}
-"""Each variant's phases (as dcl_dist's config defines them)."""
-IMBALANCE = {"no_imb": "none", "extra_imb": "extra"}
-"""The imbalance preset a variant trains phase 2 with (the others: configs/quickstart.yaml's, paper)."""
-PRESETS = {"paper": (1.5, 4.0), "extra": (1.5, 20.0)}
-"""(min_ratio, max_ratio) of the imbalance presets (METHOD.md, section 3.2.1)."""
+VARIANTS = list(PHASES)
+PRESETS = {name: ratios for name, ratios in IMBALANCE_PRESETS.items() if ratios is not None}
+"""(min_ratio, max_ratio) of the imbalance presets that oversample (METHOD.md, section 3.2.1)."""
 MODE_FREE = ("ft", "dae_ft")
 """Variants without phase 2: cl.mode does not change them, so every mode's rows share their runs."""
 IN_BATCH_VARIANTS = ["three_phase", "joint", "cl_ft", "no_imb", "extra_imb"]

@@ -61,6 +61,16 @@ def _both(model: torch.nn.Module, loss_of) -> tuple[dict, dict]:
     return out[0], out[1]
 
 
+def _dae_model_and_batch(model_dir) -> tuple[DaeModel, dict]:
+    """Phase dae's model (encoder + tied TSDAE decoder, seeded) and a noisy batch of the test texts."""
+    tokenize = Tokenize(AutoTokenizer.from_pretrained(model_dir), 24)
+    batch = dae_batch(tokenize, Noise(0, 0.3), _examples())
+    torch.manual_seed(0)
+    encoder = SentenceEncoder(load_backbone(str(model_dir)), "mean", n_dense=1)
+    model = DaeModel(encoder, build_tsdae_decoder(str(model_dir), "sdpa", encoder.backbone, tied=True, lora=False))
+    return model, batch
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Within TOLERANCE of the larger of 1 and the tensor's largest value (a gradient summed over tokens is large)."""
     return (a - b).abs().max().item() <= TOLERANCE * max(1.0, a.abs().max().item())
@@ -106,11 +116,7 @@ def test_packed_embeddings_equal_padded(model_dir, attn, pooling):
 
 
 def test_phase_dae_packed_equals_padded(model_dir):
-    tokenize = Tokenize(AutoTokenizer.from_pretrained(model_dir), 24)
-    batch = dae_batch(tokenize, Noise(0, 0.3), _examples())
-    torch.manual_seed(0)
-    encoder = SentenceEncoder(load_backbone(str(model_dir)), "mean", n_dense=1)
-    model = DaeModel(encoder, build_tsdae_decoder(str(model_dir), "sdpa", encoder.backbone, tied=True, lora=False))
+    model, batch = _dae_model_and_batch(model_dir)
     padded, packed = _both(model, lambda m: m(**batch))
     _assert_same(padded, packed)
 
@@ -143,11 +149,8 @@ def test_phase_ft_packed_equals_padded(model_dir):
 
 
 def test_padded_vocabulary_projection_changes_no_loss(model_dir):
-    tokenize = Tokenize(AutoTokenizer.from_pretrained(model_dir), 24)
-    batch = dae_batch(tokenize, Noise(0, 0.3), _examples())
-    torch.manual_seed(0)
-    encoder = SentenceEncoder(load_backbone(str(model_dir)), "mean", n_dense=1)
-    model = DaeModel(encoder, build_tsdae_decoder(str(model_dir), "sdpa", encoder.backbone, tied=True, lora=False))
+    model, batch = _dae_model_and_batch(model_dir)
+    encoder = model.encoder
     projection = model.decoder.decoder.get_output_embeddings()
     assert isinstance(projection, VocabProjection)
     assert projection.weight is encoder.backbone.get_input_embeddings().weight  # still tied
