@@ -13,12 +13,15 @@ held during that size's steps. The ranks run with glibc's MALLOC_MMAP_THRESHOLD_
 --glibc-default): by default glibc raises that threshold as large blocks are freed, after which the freed chunk
 activations stay in its heap, fragmented between small live objects, and RSS grows with the number of chunks
 although the live tensors do not (measured: +170 MiB for 32 checkpointed chunks whose live memory is flat).
-Time per example: the mean wall time of the timed steps / N. Also counted: every collective of the last step
-(calls and bytes, dist.counting_collectives). A small random BERT (the tests' tiny model, MiniLM's tokenizer),
-synthetic texts of 4 to 15 words, 16 classes, one text in 20 a copy of another.
+Peak allocated: the most bytes glibc had handed out and not taken back (live memory, without what the allocator
+keeps free), sampled from a thread in one more, untimed step. Time per example: the mean wall time of the timed
+steps (--steps, and at least --min-seconds in all) / N. Also counted: every collective of the last step (calls
+and bytes, dist.counting_collectives). A small random BERT (the tests' tiny model, MiniLM's tokenizer),
+synthetic texts of 4 to 15 words (at most 31 tokens) padded to --max-length, 16 classes, one text in 20 a copy of
+another.
 
     python benchmarks/contrastive_scale.py --world 4   # N = 1,024 ... 65,536; plain to 4,096, local to 16,384
-    python benchmarks/contrastive_scale.py --world 2 --sizes 64 256 --steps 1 --out /tmp/scale   # a smoke run
+    python benchmarks/contrastive_scale.py --world 2 --sizes 64 256 --steps 1 --min-seconds 0 --out /tmp/scale  # smoke
 
 Writes contrastive_scale.json and contrastive_scale.png under --out (default docs/results/cpu) and prints a table.
 """
@@ -33,6 +36,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,9 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", choices=("cosine_mse", "supcon"), default="cosine_mse")
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=2, help="ZeRO stage")
     p.add_argument("--steps", type=int, default=2, help="timed optimiser steps per size")
+    p.add_argument("--min-seconds", type=float, default=8.0, help="timed steps run at least this long in all")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=32, help="tokens every text is padded to (the longest is 31)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "cpu")
     p.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold (module doc)")
     args = p.parse_args(argv)
@@ -93,6 +99,46 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+class AllocatedPeak:
+    """The most bytes the C allocator had handed out and not taken back (glibc's mallinfo2: in use in every
+    arena plus mmapped blocks), sampled every `interval` seconds from a thread while the block runs: the live
+    memory, what torch.cuda.max_memory_allocated reports on a GPU, without what the allocator keeps free
+    (fragmentation, freed pages it has not returned), which the resident set size includes."""
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        self._mallinfo2 = libc.mallinfo2
+
+    def allocated(self) -> int:
+        info = self._mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.allocated())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> AllocatedPeak:
+        self.start = self.peak = self.allocated()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.allocated())
+
+
 class PlainGatheredLoss:
     """The loss before issue 13: the whole batch gathered with its graph and the N x N matrix on every rank."""
 
@@ -112,8 +158,10 @@ class PlainGatheredLoss:
         return supcon(z, levels[:, 0], 0.1, sources)
 
 
-def rank_batch(tokenizer, n: int, world: int, rank: int) -> dict:
-    """This rank's share of a synthetic global batch of n texts (the same on any number of ranks)."""
+def rank_batch(tokenizer, n: int, world: int, rank: int, max_length: int) -> dict:
+    """This rank's share of a synthetic global batch of n texts (the same on any number of ranks), every text
+    padded to max_length tokens: the longest text of a larger batch is longer, and padding to it would make each
+    text's activations grow with N (25 tokens at 1,024 texts, 31 at 65,536), which is not what is measured."""
     import random
 
     import torch
@@ -131,7 +179,7 @@ def rank_batch(tokenizer, n: int, world: int, rank: int) -> dict:
         labels.append(label)
         sources.append(source)
     mine = slice(rank * n // world, (rank + 1) * n // world)
-    enc = tokenizer(texts[mine], padding=True, return_tensors="pt")
+    enc = tokenizer(texts[mine], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
@@ -177,12 +225,16 @@ def measure_mode(model_dir: str, mode: str, sizes: list[int], args_dict: dict, r
     model_engine = build_engine(model_dir, mode, args_dict, run_dir)
     out = []
     for n in sizes:
-        batch = rank_batch(tokenizer, n, dist.world_size(), dist.rank())
+        batch = rank_batch(tokenizer, n, dist.world_size(), dist.rank(), args_dict["max_length"])
         dist.barrier()
         reset_peak_rss()
         baseline = peak_rss_mib()
-        times = []
-        for step in range(args_dict["warmup"] + args_dict["steps"]):
+        times, step = [], 0
+        # at least --steps timed steps and --min-seconds of them (rank 0 decides: every rank runs as many)
+        while dist.broadcast_object(
+            step < args_dict["warmup"] + args_dict["steps"] or sum(times) < args_dict["min_seconds"]
+        ):
+            step += 1
             dist.barrier()
             start = time.perf_counter()
             with dist.counting_collectives() as counts:
@@ -190,10 +242,16 @@ def measure_mode(model_dir: str, mode: str, sizes: list[int], args_dict: dict, r
                 model_engine.backward(loss)
                 model_engine.step()
             dist.barrier()
-            if step >= args_dict["warmup"]:
+            if step > args_dict["warmup"]:
                 times.append(time.perf_counter() - start)
         row = {"mode": mode, "n": n, "rank": dist.rank(), "baseline_mib": baseline, "peak_mib": peak_rss_mib()}
-        row.update(seconds=sum(times) / len(times), loss=float(loss.item()))
+        row.update(seconds=sum(times) / len(times), steps=len(times), loss=float(loss.item()))
+        # one more, untimed step with the allocator sampled (the sampling thread would perturb the timed ones)
+        dist.barrier()
+        with AllocatedPeak() as allocated:
+            model_engine.backward(model_engine(batch))
+            model_engine.step()
+        row.update(start_allocated_mib=allocated.start / 2**20, peak_allocated_mib=allocated.peak / 2**20)
         row.update(calls=dict(counts.calls), bytes=dict(counts.bytes))
         out.append(row)
         del batch, loss
@@ -237,8 +295,11 @@ def summarise(per_rank: list[list[dict]], world: int) -> list[dict]:
                 "global_batch": first["n"],
                 "ranks": world,
                 "peak_rss_mib": max(r["peak_mib"] for r in by_rank),
+                "peak_allocated_mib": max(r["peak_allocated_mib"] for r in by_rank),
+                "start_allocated_mib": max(r["start_allocated_mib"] for r in by_rank),
                 "start_rss_mib": max(r["baseline_mib"] for r in by_rank),
                 "seconds_per_step": max(r["seconds"] for r in by_rank),
+                "timed_steps": first["steps"],
                 "ms_per_example": 1000 * max(r["seconds"] for r in by_rank) / first["n"],
                 "loss": first["loss"],
                 "collectives_per_step": first["calls"],
@@ -249,11 +310,13 @@ def summarise(per_rank: list[list[dict]], world: int) -> list[dict]:
 
 
 def table(rows: list[dict], hidden: int) -> str:
-    """Markdown: per mode and size, peak RSS, its growth beyond the N x hidden fp32 buffer, time per example."""
+    """Markdown: per mode and size, peak RSS and its growth beyond the N x hidden fp32 buffer, peak allocated
+    (live) memory and its growth, time per example."""
     lines = [
         "| mode | global batch | peak RSS / rank (MiB) | growth from the smallest, less N x hidden x 4 B (%) "
+        "| peak allocated / rank (MiB) | its growth, less N x hidden x 4 B (MiB) "
         "| s / step | ms / example | collectives / step (calls, MiB sent by rank 0) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for mode in MODES:
         mine = [r for r in rows if r["mode"] == mode]
@@ -263,9 +326,11 @@ def table(rows: list[dict], hidden: int) -> str:
         for r in mine:
             buffer = (r["global_batch"] - first["global_batch"]) * hidden * 4 / 2**20
             growth = 100 * (r["peak_rss_mib"] - buffer - first["peak_rss_mib"]) / first["peak_rss_mib"]
+            live = r["peak_allocated_mib"] - buffer - first["peak_allocated_mib"]
             comm = sum(r["collectives_per_step"].values()), sum(r["bytes_per_step"].values()) / 2**20
             lines.append(
                 f"| {mode} | {r['global_batch']:,} | {r['peak_rss_mib']:.0f} | {growth:+.1f} "
+                f"| {r['peak_allocated_mib']:.0f} | {live:+.1f} "
                 f"| {r['seconds_per_step']:.2f} | {r['ms_per_example']:.3f} | {comm[0]}, {comm[1]:.1f} |"
             )
     return "\n".join(lines)

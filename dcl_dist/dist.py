@@ -10,6 +10,7 @@ import collections
 import contextlib
 import datetime
 import inspect
+import math
 import os
 import pickle
 import socket
@@ -123,21 +124,34 @@ def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> tor
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
+GLOO_SLAB_ELEMENTS = 1 << 18
+"""gloo's all-gather (list or single tensor) receives the whole output into a flat temporary and then copies it
+out: on gloo, all_gather_no_grad gathers slabs of rows so that temporary stays this many elements (1 MiB fp32),
+not a second copy of the gathered batch (N x hidden in the contrastive losses)."""
+
+
 def all_gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
-    """Concatenate every rank's `x` along dim 0 without gradients (labels, ids); rows may differ per rank
-    (`sizes`: all_gather_ints of them, if already known)."""
+    """Concatenate every rank's `x` along dim 0 without gradients (embeddings, labels, ids); rows may differ per
+    rank (`sizes`: all_gather_ints of them, if already known). Received straight into the one result buffer:
+    NCCL in one collective, gloo in slabs of rows (GLOO_SLAB_ELEMENTS)."""
     if world_size() == 1:
         return x
     sizes = sizes if sizes is not None else all_gather_ints(x.shape[0])
     longest = max(sizes)
     padded = torch.cat([x, x.new_zeros((longest - x.shape[0], *x.shape[1:]))]) if longest != x.shape[0] else x
-    # every rank's part lands in one buffer: with equal sizes it is the result itself, with no second copy
+    padded = padded.contiguous()
     gathered = padded.new_empty((world_size() * longest, *padded.shape[1:]))
-    parts = list(gathered.split(longest))
-    tdist.all_gather(parts, padded.contiguous())
+    if tdist.get_backend() == "gloo":
+        parts = gathered.split(longest) if longest else []
+        row_elements = world_size() * math.prod(padded.shape[1:])
+        step = max(1, GLOO_SLAB_ELEMENTS // max(1, row_elements))
+        for start in range(0, longest, step):  # longest is the same on every rank: so is the number of slabs
+            tdist.all_gather([p[start : start + step] for p in parts], padded[start : start + step])
+    else:
+        tdist.all_gather_single(gathered, padded)
     if all(n == longest for n in sizes):
         return gathered
-    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    return torch.cat([gathered[r * longest : r * longest + n] for r, n in enumerate(sizes)])
 
 
 def all_gather_ints(value: int) -> list[int]:
@@ -213,6 +227,7 @@ _COLLECTIVE_INPUTS = {
     "all_reduce": "tensor",
     "all_gather": "tensor",
     "all_gather_into_tensor": "input_tensor",
+    "all_gather_single": "input_tensor",
     "reduce_scatter": "input_list",
     "reduce_scatter_tensor": "input",
     "all_to_all": "input_tensor_list",

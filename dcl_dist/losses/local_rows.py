@@ -59,6 +59,10 @@ class GatheredBatch:
         """(rows, N) bool: the pairs a loss takes (different sources; so never i with itself)."""
         return self.sources[rows, None] != self.sources[None, :]
 
+    def unused(self, rows: slice) -> torch.Tensor:
+        """(rows, N) bool: the pairs a loss leaves out (one source), without a second mask to negate used()."""
+        return self.sources[rows, None] == self.sources[None, :]
+
 
 def gather_batch(
     embeddings: torch.Tensor, levels: torch.Tensor, sources: torch.Tensor | None, columns_need_grad: bool
@@ -117,7 +121,8 @@ class _LocalRowsLoss(torch.autograd.Function):
         count = terms.count(batch)
         # world_size x: DeepSpeed averages the ranks' gradients, and each rank holds only its own rows' share
         scale = dist.world_size() / count if count else 0.0
-        ctx.save_for_backward(grad_rows * scale, grad_columns * scale if grad_columns is not None else None)
+        # in place, here and in backward: no second (b, hidden) or (N, hidden) copy alive at the step's peak
+        ctx.save_for_backward(grad_rows.mul_(scale), grad_columns.mul_(scale) if grad_columns is not None else None)
         return (dist.sum_over_ranks(total) / max(count, 1)).float()
 
     @staticmethod
@@ -125,8 +130,8 @@ class _LocalRowsLoss(torch.autograd.Function):
     def backward(ctx, grad_output):  # noqa: ANN001, ANN205
         grad_rows, grad_columns = ctx.saved_tensors
         return (
-            grad_rows * grad_output,
-            grad_columns * grad_output if grad_columns is not None else None,
+            grad_rows.mul_(grad_output),
+            grad_columns.mul_(grad_output) if grad_columns is not None else None,
             None,
             None,
         )

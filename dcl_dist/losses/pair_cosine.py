@@ -97,11 +97,11 @@ class _CosineMseTerms:
         return n * n - same_source_pairs(batch.sources)
 
     def block(self, batch: GatheredBatch, rows: slice, global_rows: slice) -> tuple[torch.Tensor, torch.Tensor, None]:
-        # in place: about two block matrices alive at once (cos - t, and one level's agreement)
+        # in place: one float block matrix (cos - t) and one bool mask alive at once
         diff = batch.rows[rows] @ batch.columns.T
         for level, w in enumerate(self.weights.tolist()):
-            diff.sub_((batch.levels[global_rows, level, None] == batch.levels[None, :, level]).to(diff.dtype), alpha=w)
-        diff.masked_fill_(~batch.used(global_rows), 0.0)
+            diff.add_(batch.levels[global_rows, level, None] == batch.levels[None, :, level], alpha=-w)
+        diff.masked_fill_(batch.unused(global_rows), 0.0)
         flat = diff.view(-1)
         # d/dx_i of sum over ordered pairs: x_i's row and its column give the same terms (symmetry): 2 x 2 diff
         return torch.dot(flat, flat).double(), 4.0 * (diff @ batch.columns), None
