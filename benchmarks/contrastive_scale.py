@@ -16,11 +16,13 @@ although the live tensors do not (measured: +170 MiB for 32 checkpointed chunks 
 Peak allocated: the most bytes glibc had handed out and not taken back (live memory, without what the allocator
 keeps free), sampled from a thread in one more, untimed step. Time per example: the mean wall time of the timed
 steps (--steps, and at least --min-seconds in all) / N. Also counted: every collective of the last step (calls
-and bytes, dist.counting_collectives). A small random BERT (the tests' tiny model, MiniLM's tokenizer),
-synthetic texts of 4 to 15 words (at most 31 tokens) padded to --max-length, 16 classes, one text in 20 a copy of
-another.
+and bytes, dist.counting_collectives). The model: a small random BERT (the tests' tiny model, MiniLM's
+tokenizer) or, with --model minilm, the packaged all-MiniLM-L6-v2; synthetic texts of 4 to 15 words (at most 31
+tokens) padded to --max-length, 16 classes, one text in 20 a copy of another.
 
     python benchmarks/contrastive_scale.py --world 4   # N = 1,024 ... 65,536; plain to 4,096, local to 16,384
+    python benchmarks/contrastive_scale.py --world 4 --model minilm --modes local cached --sizes 1024 2048 \
+        --chunk 64 --min-seconds 0 --out docs/results/cpu/minilm   # the time ratio with a real model's shape
     python benchmarks/contrastive_scale.py --world 2 --sizes 64 256 --steps 1 --min-seconds 0 --out /tmp/scale  # smoke
 
 Writes contrastive_scale.json and contrastive_scale.png under --out (default docs/results/cpu) and prints a table.
@@ -68,11 +70,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=8.0, help="timed steps run at least this long in all")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=32, help="the tiny random model's width")
+    p.add_argument(
+        "--model",
+        choices=("tiny", "minilm"),
+        default="tiny",
+        help="the tests' tiny random BERT (2 layers, --hidden) or the packaged all-MiniLM-L6-v2 (6 layers, 384): a "
+        "model whose forward is about a third of its training step, as in the models users train",
+    )
     p.add_argument("--max-length", type=int, default=32, help="tokens every text is padded to (the longest is 31)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "cpu")
     p.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold (module doc)")
     args = p.parse_args(argv)
+    if args.model == "minilm":
+        args.hidden = 384
     bad = [n for n in args.sizes if n % args.world]
     if bad:
         p.error(f"--sizes {bad} do not split evenly over --world {args.world}")
@@ -263,7 +274,7 @@ def measure_mode(model_dir: str, mode: str, sizes: list[int], args_dict: dict, r
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from helpers import make_tiny_model
+    from helpers import make_tiny_model, minilm_path
     from multiproc.spawn import run_ranks
 
     if not args.glibc_default:  # read by each spawned rank's C library at start-up
@@ -271,7 +282,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     args_dict = {k: v for k, v in vars(args).items() if k != "out"}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(make_tiny_model(Path(tmp) / "model", hidden=args.hidden))
+        if args.model == "minilm":
+            model_dir = str(minilm_path())
+        else:
+            model_dir = str(make_tiny_model(Path(tmp) / "model", hidden=args.hidden))
         for mode in args.modes:
             cap = {"plain": args.plain_max, "local": args.local_max}.get(mode)
             sizes = sorted(n for n in args.sizes if cap is None or n <= cap)
