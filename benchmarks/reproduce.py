@@ -235,7 +235,7 @@ def dataset_overrides(dataset: str) -> list[str]:
     out = [f"data.train={folder / 'train.jsonl'}", f"data.test={folder / 'test.jsonl'}"]
     if (folder / "validation.jsonl").is_file():
         out.append(f"data.validation={folder / 'validation.jsonl'}")
-    else:  # sst2: validation is a stratified 20% of train (fixed seed), never the test split
+    else:  # sst2: validation is a stratified 20% of train (drawn with the run's seed), never the test split
         out.append("data.validation=null")
     return out
 
