@@ -82,8 +82,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "cpu")
     p.add_argument("--glibc-default", action="store_true", help="keep glibc's dynamic mmap threshold (module doc)")
     args = p.parse_args(argv)
-    if args.model == "minilm":
-        args.hidden = 384
     bad = [n for n in args.sizes if n % args.world]
     if bad:
         p.error(f"--sizes {bad} do not split evenly over --world {args.world}")
@@ -280,12 +278,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not args.glibc_default:  # read by each spawned rank's C library at start-up
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
     rows = []
-    args_dict = {k: v for k, v in vars(args).items() if k != "out"}
     with tempfile.TemporaryDirectory() as tmp:
         if args.model == "minilm":
             model_dir = str(minilm_path())
+            args.hidden = json.loads((minilm_path() / "config.json").read_text())["hidden_size"]  # for the table
         else:
             model_dir = str(make_tiny_model(Path(tmp) / "model", hidden=args.hidden))
+        args_dict = {k: v for k, v in vars(args).items() if k != "out"}
         for mode in args.modes:
             cap = {"plain": args.plain_max, "local": args.local_max}.get(mode)
             sizes = sorted(n for n in args.sizes if cap is None or n <= cap)

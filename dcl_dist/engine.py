@@ -227,7 +227,7 @@ def _clip_fp32_gradients(model_engine) -> None:
     and drops the norm it computed."""
     params = [p for p in model_engine.module.parameters() if p.grad is not None]
     max_norm = model_engine.gradient_clipping()
-    if not params or params[0].device.type != "cpu" or not hasattr(torch.nn.utils, "get_total_norm"):  # torch < 2.6
+    if not params or params[0].device.type != "cpu":
         model_engine._global_grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         return
     # PyTorch scales by min(1, max_norm / (norm + 1e-6)) even when that is 1, so as not to wait for the norm on a

@@ -200,7 +200,7 @@ class TsdaeDecoder(nn.Module):
         no earlier token sees it."""
         config = self.decoder.config
         body = self.decoder.base_model
-        dtype = next(body.parameters()).dtype if config._attn_implementation == "eager" else None
+        dtype = packing_.mask_dtype(body)
         return body(
             input_ids=plan.pack(input_ids, config.pad_token_id or 0),
             attention_mask=plan.self_attention_mask(causal=True, dtype=dtype),

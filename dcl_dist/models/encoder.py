@@ -57,10 +57,9 @@ class SentenceEncoder(nn.Module):
         plan = packing_.plan(attention_mask.bool(), self.packing) if packing_.supports_packing(config) else None
         if plan is None:
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        eager = config._attn_implementation == "eager"
         states = self.backbone(
             input_ids=plan.pack(input_ids, config.pad_token_id or 0),
-            attention_mask=plan.self_attention_mask(causal=False, dtype=_mask_dtype(self.backbone) if eager else None),
+            attention_mask=plan.self_attention_mask(causal=False, dtype=packing_.mask_dtype(self.backbone)),
             position_ids=plan.positions(packing_.first_position(config)),
         ).last_hidden_state
         return plan.unpack(states)
@@ -71,11 +70,6 @@ class SentenceEncoder(nn.Module):
         for layer in self.dense[:depth]:
             x = layer(x)
         return x
-
-
-def _mask_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype of an additive attention mask (eager attention adds it to the scores): the weights' dtype."""
-    return next(module.parameters()).dtype
 
 
 def _freeze_pooler(backbone: nn.Module) -> None:

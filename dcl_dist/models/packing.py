@@ -37,6 +37,12 @@ def supports_packing(config) -> bool:
     return config.model_type in PACKABLE and absolute and config._attn_implementation in ("sdpa", "eager")
 
 
+def mask_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the attention masks a packed row needs: the weights' (eager attention adds the mask to the
+    scores), None (bool) for SDPA."""
+    return next(model.parameters()).dtype if model.config._attn_implementation == "eager" else None
+
+
 def first_position(config) -> int:
     """A text's first position id: 0, or padding_idx + 1 for RoBERTa-style models."""
     return (config.pad_token_id or 0) + 1 if config.model_type in ROBERTA_STYLE else 0
