@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import multiprocessing.util
 import os
 import pickle
 import sys
@@ -44,6 +45,7 @@ def _worker(local_rank: int, world: int, port: int, out_dir: str, fn: Callable, 
     # threads can still, rarely, abort the process (terminate called without an active exception: once in CI, in a
     # run of the whole suite; not reproduced in 180 runs of that test; pytorch/pytorch#65237, #179291). What fn
     # did is judged by its result.
+    multiprocessing.util._exit_function()  # what the teardown must still do: release this process's semaphores
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
