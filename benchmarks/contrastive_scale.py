@@ -18,7 +18,8 @@ keeps free), sampled from a thread in one more, untimed step. Time per example: 
 steps (--steps, and at least --min-seconds in all) / N. Also counted: every collective of the last step (calls
 and bytes, dist.counting_collectives). The model: a small random BERT (the tests' tiny model, MiniLM's
 tokenizer) or, with --model minilm, the packaged all-MiniLM-L6-v2; synthetic texts of 4 to 15 words (at most 31
-tokens) padded to --max-length, 16 classes, one text in 20 a copy of another.
+tokens) padded to --max-length, 16 classes, one text in 20 a copy of another, tokenized once by the parent;
+each rank loads its rows as tensors.
 
     python benchmarks/contrastive_scale.py --world 4   # N = 1,024 ... 65,536; plain to 4,096, local to 16,384
     python benchmarks/contrastive_scale.py --world 4 --model minilm --modes local cached --sizes 1024 2048 \
@@ -167,10 +168,10 @@ class PlainGatheredLoss:
         return supcon(z, levels[:, 0], 0.1, sources)
 
 
-def rank_batch(tokenizer, n: int, world: int, rank: int, max_length: int) -> dict:
-    """This rank's share of a synthetic global batch of n texts (the same on any number of ranks), every text
-    padded to max_length tokens: the longest text of a larger batch is longer, and padding to it would make each
-    text's activations grow with N (25 tokens at 1,024 texts, 31 at 65,536), which is not what is measured."""
+def global_batch(tokenizer, n: int, max_length: int) -> dict:
+    """A synthetic global batch of n texts, tokenized, every text padded to max_length tokens: the longest text
+    of a larger batch is longer, and padding to it would make each text's activations grow with N (25 tokens at
+    1,024 texts, 31 at 65,536), which is not what is measured."""
     import random
 
     import torch
@@ -187,14 +188,27 @@ def rank_batch(tokenizer, n: int, world: int, rank: int, max_length: int) -> dic
         texts.append(text)
         labels.append(label)
         sources.append(source)
-    mine = slice(rank * n // world, (rank + 1) * n // world)
-    enc = tokenizer(texts[mine], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
-        "levels": torch.tensor(labels[mine])[:, None],
-        "sources": torch.tensor(sources[mine]),
+        "levels": torch.tensor(labels)[:, None],
+        "sources": torch.tensor(sources),
     }
+
+
+def rank_batch(path: str, world: int, rank: int) -> dict:
+    """This rank's share of the global batch the parent saved: tensors, as a data loader hands them over. (Built
+    here instead, 65,536 Python strings and their tokenization left tens of MiB of freed holes in the rank's heap
+    that the reset before the size hands back and the step then touches again: peak RSS grew with N because of
+    the benchmark's own data, not the step; one process, 16,384 rows in 64 chunks: +71 MiB over the step's start
+    against +31 MiB with the batch loaded.)"""
+    import torch
+
+    saved = torch.load(path, mmap=True)
+    n = saved["input_ids"].shape[0]
+    mine = slice(rank * n // world, (rank + 1) * n // world)
+    return {name: value[mine].clone() for name, value in saved.items()}
 
 
 def build_engine(model_dir: str, mode: str, args_dict: dict, run_dir: str):
@@ -225,16 +239,14 @@ def build_engine(model_dir: str, mode: str, args_dict: dict, run_dir: str):
 def measure_mode(model_dir: str, mode: str, sizes: list[int], args_dict: dict, run_dir: str) -> list[dict]:
     """On every rank: one engine, then each size in turn: warm-up steps, timed steps, the peak and the counts."""
     import torch
-    from transformers import AutoTokenizer
 
     from dcl_dist import dist
 
     torch.set_num_threads(args_dict["threads"])
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model_engine = build_engine(model_dir, mode, args_dict, run_dir)
     out = []
     for n in sizes:
-        batch = rank_batch(tokenizer, n, dist.world_size(), dist.rank(), args_dict["max_length"])
+        batch = rank_batch(batch_path(args_dict["batches"], n), dist.world_size(), dist.rank())
         dist.barrier()
         reset_peak_rss()
         baseline = peak_rss_mib()
@@ -271,7 +283,14 @@ def measure_mode(model_dir: str, mode: str, sizes: list[int], args_dict: dict, r
 # The parent
 
 
+def batch_path(folder: str, n: int) -> str:
+    return f"{folder}/batch_{n}.pt"
+
+
 def run(args: argparse.Namespace) -> list[dict]:
+    import torch
+    from transformers import AutoTokenizer
+
     from helpers import make_tiny_model, minilm_path
     from multiproc.spawn import run_ranks
 
@@ -285,6 +304,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         else:
             model_dir = str(make_tiny_model(Path(tmp) / "model", hidden=args.hidden))
         args_dict = {k: v for k, v in vars(args).items() if k != "out"}
+        args_dict["batches"] = tmp + "/batches"
+        Path(args_dict["batches"]).mkdir()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        for n in args.sizes:
+            torch.save(global_batch(tokenizer, n, args.max_length), batch_path(args_dict["batches"], n))
         for mode in args.modes:
             cap = {"plain": args.plain_max, "local": args.local_max}.get(mode)
             sizes = sorted(n for n in args.sizes if cap is None or n <= cap)
