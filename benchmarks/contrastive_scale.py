@@ -102,10 +102,7 @@ def peak_rss_mib() -> float:
 def reset_peak_rss() -> None:
     """Hand freed memory back to the system, then start the peak afresh from the current resident size."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+    LIBC.malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
 
 
@@ -116,6 +113,10 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
+LIBC = ctypes.CDLL("libc.so.6")  # glibc: the benchmark measures on Linux (VmHWM, clear_refs, mallinfo2)
+LIBC.mallinfo2.restype = _MallInfo2
+
+
 class AllocatedPeak:
     """The most bytes the C allocator had handed out and not taken back (glibc's mallinfo2: in use in every
     arena plus mmapped blocks), sampled every `interval` seconds from a thread while the block runs: the live
@@ -124,12 +125,9 @@ class AllocatedPeak:
 
     def __init__(self, interval: float = 0.0005):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-        self._mallinfo2 = libc.mallinfo2
 
     def allocated(self) -> int:
-        info = self._mallinfo2()
+        info = LIBC.mallinfo2()
         return info.uordblks + info.hblkhd
 
     def _sample(self) -> None:

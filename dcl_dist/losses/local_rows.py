@@ -128,6 +128,12 @@ class _LocalRowsLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):  # noqa: ANN001, ANN205
+        if getattr(ctx, "used", False):  # its saved gradients are scaled in place: a second pass would be wrong
+            raise RuntimeError(
+                "the in-batch contrastive loss cannot be back-propagated twice (backward with retain_graph=True, "
+                "then again): compute the loss again for a second backward"
+            )
+        ctx.used = True
         grad_rows, grad_columns = ctx.saved_tensors
         return (
             grad_rows.mul_(grad_output),

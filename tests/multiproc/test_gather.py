@@ -13,6 +13,9 @@ from multiproc.spawn import run_ranks
 
 pytestmark = pytest.mark.multiproc
 
+CASES = (((5,), torch.float32), ((), torch.int64), ((2, 3), torch.float64))
+"""(trailing shape, dtype) of the rows gathered in each case."""
+
 
 def _rows(rank: int, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Rank `rank`'s n rows, each value naming its rank and row."""
@@ -26,7 +29,7 @@ def _gather(sizes: list[int], slab: int | None) -> list[dict]:
     if slab is not None:
         dist.GLOO_SLAB_ELEMENTS = slab
     out = []
-    for shape, dtype in (((5,), torch.float32), ((), torch.int64), ((2, 3), torch.float64)):
+    for shape, dtype in CASES:
         mine = _rows(dist.rank(), sizes[dist.rank()], shape, dtype)
         with dist.counting_collectives() as counts:
             gathered = dist.all_gather_no_grad(mine, sizes)
@@ -44,11 +47,13 @@ def _gather(sizes: list[int], slab: int | None) -> list[dict]:
     ],
 )
 def test_all_gather_no_grad_in_slabs(sizes, slab, tmp_path):
+    from dcl_dist.dist import GLOO_SLAB_ELEMENTS
+
     results = run_ranks(_gather, len(sizes), tmp_path, sizes, slab)
-    for case, (shape, dtype) in enumerate((((5,), torch.float32), ((), torch.int64), ((2, 3), torch.float64))):
+    for case, (shape, dtype) in enumerate(CASES):
         expected = torch.cat([_rows(r, n, shape, dtype) for r, n in enumerate(sizes)])
         row_elements = len(sizes) * math.prod(shape)
-        step = max(1, (slab or (1 << 18)) // row_elements)
+        step = max(1, (slab or GLOO_SLAB_ELEMENTS) // row_elements)
         slabs = math.ceil(max(sizes) / step)
         for rank, by_case in enumerate(results):
             got = by_case[case]

@@ -184,3 +184,15 @@ def test_joint_model_in_cached_chunks_equals_one_pass(loss_name, tiny_model_nodr
     assert sorted(cached_grads) == sorted(plain_grads)
     for name, g in plain_grads.items():
         torch.testing.assert_close(cached_grads[name], g, rtol=1e-5, atol=1e-7 * max(1.0, g.abs().max().item()))
+
+
+def test_a_second_backward_through_the_loss_is_refused_not_wrong():
+    """Its saved gradients are scaled in place (memory at the step's peak): a retained graph's second backward
+    would scale them again, so it raises instead."""
+    z = torch.randn(8, 5, dtype=torch.float64, requires_grad=True)
+    loss = InBatchCosineLoss(level_weights(1, None).double())(z, LEVELS, SOURCES)
+    loss.backward(retain_graph=True)
+    first = z.grad.clone()
+    with pytest.raises(RuntimeError, match="cannot be back-propagated twice"):
+        loss.backward()
+    assert torch.equal(z.grad, first)
